@@ -1,0 +1,46 @@
+# Everything a fresh machine needs: `make demo` and `make test` set themselves up.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel by default; GPU users: make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+XVFB_PKGS := xvfb libxcb-icccm4 libxcb-keysyms1
+DEMO_OUT ?= demo-output
+
+.PHONY: all install demo test lint bench xvfb clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[testing]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# GUI tests need a real X server: Qt's offscreen platform gives vispy no OpenGL context.
+xvfb:
+	@if ! command -v xvfb-run >/dev/null 2>&1 || ! dpkg -s libxcb-icccm4 libxcb-keysyms1 >/dev/null 2>&1; then \
+		echo "Installing $(XVFB_PKGS) ..."; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(XVFB_PKGS); \
+	fi
+
+demo: install
+	$(BIN)/napari-unet-gradcam demo --out $(DEMO_OUT)
+
+test: install xvfb
+	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info src/*.egg-info

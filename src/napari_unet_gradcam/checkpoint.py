@@ -1,0 +1,206 @@
+"""Loading and saving Pytorch-UNet checkpoints, treating every file as untrusted.
+
+Two layouts are read:
+
+* upstream ``train.py``: a flat state_dict, optionally with a ``mask_values`` list in it;
+* this project's: ``{"state_dict": ..., "mask_values": [...], "unet_gradcam": {...}}``, where the
+  last entry holds plain values only (class names, preprocessing, training record).
+
+Only ``torch.load(..., weights_only=True)`` is used, so a file can never run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .device import resolve_device
+from .errors import CheckpointError
+from .model import UNet
+
+FORMAT_KEY = "unet_gradcam"
+DEFAULT_MODEL_FILE = "nuclei_unet_w16.pth"
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def default_model_path() -> Path:
+    """Path of the model that ships inside the package."""
+    return Path(str(resources.files("napari_unet_gradcam") / "weights" / DEFAULT_MODEL_FILE))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist: check the path.")
+    if path.is_dir():
+        raise CheckpointError(f"Checkpoint {path} is a directory: choose the .pth file inside it.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): the file was not saved completely.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any object that is not plain data: such a file is hostile or not ours.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"Checkpoint {path} was refused: it holds objects other than tensors and plain values, "
+            f"which could run code when loaded ({first}). Save the model's state_dict instead."
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} could not be read as a PyTorch file ({type(exc).__name__}): "
+            "it is truncated, corrupt, or not a checkpoint."
+        ) from exc
+
+
+def _split(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list | None, dict]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"Checkpoint {path} holds a {type(obj).__name__}, not a state_dict.")
+    meta: dict = {}
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        sd = dict(obj["state_dict"])
+        mask_values = obj.get("mask_values")
+        meta = dict(obj.get(FORMAT_KEY) or {})
+    else:
+        sd = dict(obj)
+        mask_values = sd.pop("mask_values", None)
+        meta = dict(sd.pop(FORMAT_KEY, None) or {})
+    clean: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        clean[key] = value
+    return clean, mask_values, meta
+
+
+def _architecture(sd: Mapping[str, torch.Tensor], path: Path) -> dict:
+    try:
+        first = sd["inc.double_conv.0.weight"]
+        last = sd["outc.conv.weight"]
+    except KeyError as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} is not a Pytorch-UNet state_dict: it has no {exc.args[0]!r} "
+            "(expected keys such as 'inc.double_conv.0.weight' and 'outc.conv.weight')."
+        ) from None
+    if first.ndim != 4 or last.ndim != 4:
+        raise CheckpointError(f"Checkpoint {path}: the 'inc' and 'outc' weights are not 2-D convolutions.")
+    return {
+        "n_channels": int(first.shape[1]),
+        "n_classes": int(last.shape[0]),
+        "width": int(first.shape[0]),
+        "bilinear": "up1.up.weight" not in sd,
+        "conv_bias": "inc.double_conv.0.bias" in sd,
+    }
+
+
+def _class_names(meta: Mapping, n_classes: int) -> list[str]:
+    names = meta.get("class_names")
+    if isinstance(names, (list, tuple)) and len(names) == max(n_classes, 2):
+        return [str(n) for n in names]
+    if n_classes == 1:
+        return ["background", "foreground"]
+    return ["background"] + [f"class {i}" for i in range(1, n_classes)]
+
+
+def build_model(sd: Mapping[str, torch.Tensor], source: str | Path = "<state_dict>") -> UNet:
+    """A UNet whose shape is read off ``sd``, with ``sd`` loaded strictly."""
+    path = Path(str(source))
+    arch = _architecture(sd, path)
+    net = UNet(**arch)
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).split("\n\t", 2)
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit the Pytorch-UNet architecture "
+            f"({arch['n_channels']} channels, {arch['n_classes']} classes, width {arch['width']}, "
+            f"bilinear={arch['bilinear']}): {' '.join(d.strip() for d in detail[1:])[:400]}"
+        ) from None
+    return net
+
+
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> UNet:
+    """Load a Pytorch-UNet checkpoint (or, with no path, the bundled nuclei model).
+
+    The returned module is in eval mode on ``device`` and carries ``n_channels``, ``n_classes``,
+    ``class_names``, ``mask_values``, ``preprocess`` (None for plain upstream checkpoints),
+    ``checkpoint_path`` and ``checkpoint_sha256``.
+    """
+    if path is None:
+        path = default_model_path()
+        if not path.exists():
+            raise CheckpointError(
+                f"The bundled default model is missing from this installation ({path}): "
+                "reinstall napari-unet-gradcam, or pass the path of your own checkpoint."
+            )
+    path = Path(path).expanduser()
+    sd, mask_values, meta = _split(_read(path), path)
+    net = build_model(sd, path)
+    n_out = max(net.n_classes, 2)
+    if mask_values is not None:
+        count = len(mask_values) if isinstance(mask_values, (list, tuple)) else "no"
+        if count != n_out:
+            raise CheckpointError(
+                f"Checkpoint {path}: 'mask_values' has {count} entries but the network predicts "
+                f"{n_out} classes; fix or remove 'mask_values'."
+            )
+        mask_values = list(mask_values)
+    else:
+        mask_values = list(range(n_out))
+    net.class_names = _class_names(meta, net.n_classes)
+    net.mask_values = mask_values
+    net.preprocess = meta.get("preprocess")
+    net.training_record = meta.get("training")
+    net.checkpoint_path = str(path)
+    net.checkpoint_sha256 = file_sha256(path)
+    return net.to(resolve_device(device)).eval()
+
+
+def save_checkpoint(
+    net: UNet,
+    path: str | os.PathLike,
+    *,
+    mask_values: list | None = None,
+    class_names: list[str] | None = None,
+    preprocess: dict | None = None,
+    training: dict | None = None,
+) -> Path:
+    """Write ``net`` in this project's layout (readable by :func:`load_model`).
+
+    The file is written next to its destination first and then renamed, so a failed save never
+    leaves a truncated checkpoint under the final name.
+    """
+    path = Path(path)
+    n_out = max(net.n_classes, 2)
+    meta = {
+        "class_names": list(class_names or getattr(net, "class_names", None) or _class_names({}, net.n_classes)),
+        "preprocess": preprocess if preprocess is not None else getattr(net, "preprocess", None),
+        "training": training or {},
+        "width": net.width,
+    }
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "mask_values": list(mask_values or getattr(net, "mask_values", None) or range(n_out)),
+        FORMAT_KEY: meta,
+    }
+    tmp = path.with_name(path.name + ".part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,184 @@
+"""Hook-based Grad-CAM on one batch: one forward pass, one gradient call per class.
+
+Hooks live only inside :func:`hooked` and are removed in ``finally``. The forward pass runs
+without autograd until the first hooked module; its output becomes the root of the graph, so
+no graph is built through the encoder and no parameter gradient is ever computed.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .model import DECODER_LAYERS
+
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(net: nn.Module) -> threading.RLock:
+    """One lock per model: runs that hook the same module are serialised, not interleaved."""
+    with _locks_guard:
+        lock = _locks.get(net)
+        if lock is None:
+            lock = _locks[net] = threading.RLock()
+        return lock
+
+
+def resolve_modules(net: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    named = dict(net.named_modules())
+    out: dict[str, nn.Module] = {}
+    for name in layers:
+        if not name or name not in named:
+            raise InputError(
+                f"Unknown layer {name!r}: use decoder layers {', '.join(DECODER_LAYERS)} or another module "
+                f"name of the network (e.g. 'down4', 'up2.conv')."
+            )
+        out[name] = named[name]
+    return out
+
+
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[None]:
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
+@contextmanager
+def hooked(net: nn.Module, modules: Mapping[str, nn.Module], track: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of ``modules`` during forward passes inside the block.
+
+    With ``track``, grad mode is switched on at the first hooked output, which becomes a leaf
+    that requires grad; the caller's grad mode must be restored by an enclosing ``no_grad``.
+    """
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args, out):
+            if not isinstance(out, torch.Tensor):
+                raise InputError(f"Layer {name!r} returns {type(out).__name__}, not a tensor; pick another layer.")
+            if name in acts:
+                raise InputError(
+                    f"Layer {name!r} ran more than once in one forward pass, so its activations are ambiguous; "
+                    "hook a module that runs once."
+                )
+            if track and not out.requires_grad:
+                torch.set_grad_enabled(True)
+                out = out.detach().requires_grad_(True)
+            acts[name] = out
+            return out
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def n_outputs(net: nn.Module) -> int:
+    """Number of label values: a one-channel sigmoid model still has background and foreground."""
+    return max(int(net.n_classes), 2)
+
+
+def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(1)
+
+
+def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], 1)
+    return torch.softmax(logits, 1)
+
+
+def class_seed(logits: torch.Tensor, cls: int, region: torch.Tensor) -> torch.Tensor:
+    """d(score)/d(logits) for the Seg-Grad-CAM score: class-``cls`` logits summed over ``region``.
+
+    For a one-channel sigmoid model the background score is the negated logit.
+    """
+    seed = torch.zeros_like(logits)
+    region = region.to(logits.dtype)
+    if logits.shape[1] == 1:
+        seed[:, 0] = region if cls == 1 else -region
+    else:
+        seed[:, cls] = region
+    return seed
+
+
+def target_region(target, logits: torch.Tensor, cls: int) -> torch.Tensor:
+    """The pixel set of class ``cls``'s score: (B, H, W) bool on the logits' grid."""
+    if callable(target):
+        return target(logits, cls)
+    if isinstance(target, torch.Tensor):
+        return target.to(device=logits.device, dtype=torch.bool)
+    if target == "image":
+        return torch.ones(logits.shape[0], *logits.shape[2:], dtype=torch.bool, device=logits.device)
+    if target == "predicted":
+        return labels_from_logits(logits) == cls
+    raise InputError(f"Unknown target {target!r}: use 'predicted', 'image', a boolean mask or a (y, x) pixel.")
+
+
+def forward_and_gradients(
+    net: nn.Module,
+    x: torch.Tensor,
+    modules: Mapping[str, nn.Module],
+    classes: Sequence[int],
+    target,
+    with_gradients: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
+    """Logits, hooked activations and, per (layer, class), the gradient of the class score."""
+    track = with_gradients and bool(modules) and bool(classes)
+    with torch.no_grad(), hooked(net, modules, track) as acts:
+        logits = net(x)
+    names = list(acts)
+    missing = [n for n in modules if n not in acts]
+    if missing:
+        raise InputError(f"Layer(s) {', '.join(missing)} did not run in the forward pass; pick decoder layers.")
+    grads: dict[tuple[str, int], torch.Tensor] = {}
+    if track:
+        inputs = [acts[n] for n in names]
+        for i, cls in enumerate(classes):
+            seed = class_seed(logits, cls, target_region(target, logits, cls))
+            gs = torch.autograd.grad(
+                logits, inputs, grad_outputs=seed, retain_graph=i < len(classes) - 1, allow_unused=True
+            )
+            for n, a, g in zip(names, inputs, gs, strict=True):
+                grads[n, cls] = torch.zeros_like(a) if g is None else g
+    return logits.detach(), {n: a.detach() for n, a in acts.items()}, grads
+
+
+def explain_tensor(
+    net: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    classes: Sequence[int],
+    method,
+    target="predicted",
+) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    """Logits and every (layer, class) map at its layer's resolution, from one forward pass."""
+    modules = resolve_modules(net, layers)
+    with model_lock(net), eval_mode(net):
+        logits, acts, grads = forward_and_gradients(net, x, modules, classes, target, method.needs_gradients)
+    maps: dict[tuple[str, int], torch.Tensor] = {}
+    for name in modules:
+        shared = None if method.needs_gradients else method(acts[name])
+        for cls in classes:
+            maps[name, cls] = shared if shared is not None else method(acts[name], grads[name, cls])
+    return logits, maps

@@ -1,0 +1,134 @@
+"""Class-activation methods as small pure functions of activations A and gradients G.
+
+A and G have shape (B, C, h, w). Every map is ``relu(sum_k w_k A_k + b)`` for channel-weight
+methods, or an element-wise function of A and G for the local ones. Channel weights are built
+from spatial *sums*, so a tiled run can add the sums of its tiles and use one global weight per
+channel, exactly as an untiled run would (see ``tiling.py``). Formulas and papers: docs/methods.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+EPS = 1e-7
+Stats = dict[str, torch.Tensor]
+
+
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    return t.sum(dim=(2, 3))
+
+
+def weighted_map(A: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    cam = torch.einsum("bc,bchw->bhw", w, A)
+    if b is not None:
+        cam = cam + b[:, None, None]
+    return torch.relu(cam)
+
+
+# -- activation statistics (need no gradients) ---------------------------------------------------
+def _act_sum(A: torch.Tensor) -> Stats:
+    return {"sum_a": _sum(A)}
+
+
+def _act_moments(A: torch.Tensor) -> Stats:
+    flat = A.flatten(2)
+    return {"sum_a": flat.sum(-1), "sum_aa": torch.einsum("bcn,bdn->bcd", flat, flat)}
+
+
+# -- gradient statistics ---------------------------------------------------------------------------
+def _grad_sum(A: torch.Tensor, G: torch.Tensor, astats: Stats) -> Stats:
+    return {"sum_g": _sum(G)}
+
+
+def _grad_times_act(A: torch.Tensor, G: torch.Tensor, astats: Stats) -> Stats:
+    return {"sum_ga": _sum(G * A)}
+
+
+def _gradcampp_stats(A: torch.Tensor, G: torch.Tensor, astats: Stats) -> Stats:
+    g2 = G * G
+    alpha = g2 / (2 * g2 + astats["sum_a"][:, :, None, None] * g2 * G + EPS)
+    alpha = torch.where(G != 0, alpha, torch.zeros_like(alpha))
+    return {"sum_alpha_relu_g": _sum(alpha * torch.relu(G))}
+
+
+# -- channel weights from the (global) sums --------------------------------------------------------
+def _w_gradcam(a: Stats, g: Stats, n: int):
+    return g["sum_g"] / n, None
+
+
+def _w_gradcampp(a: Stats, g: Stats, n: int):
+    return g["sum_alpha_relu_g"], None
+
+
+def _w_xgradcam(a: Stats, g: Stats, n: int):
+    return g["sum_ga"] / (a["sum_a"] + EPS), None
+
+
+def _w_eigencam(a: Stats, g: Stats, n: int):
+    mean = a["sum_a"] / n
+    cov = a["sum_aa"] / n - mean[:, :, None] * mean[:, None, :]
+    _, vecs = torch.linalg.eigh(cov.double())
+    v = vecs[..., -1].to(mean.dtype)  # first principal component
+    # An eigenvector's sign is arbitrary: choose the one whose map rises with the total activation.
+    sign = torch.sign(torch.einsum("bc,bcd->b", v, cov))
+    v = v * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
+    return v, -(v * mean).sum(1)
+
+
+# -- local (element-wise) maps ---------------------------------------------------------------------
+def _hirescam(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    return torch.relu((G * A).sum(1))
+
+
+def _layercam(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    return torch.relu((torch.relu(G) * A).sum(1))
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    needs_gradients: bool
+    local: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    act_stats: Callable[[torch.Tensor], Stats] | None = None
+    grad_stats: Callable[[torch.Tensor, torch.Tensor, Stats], Stats] | None = None
+    weights: Callable | None = None
+
+    @property
+    def class_specific(self) -> bool:
+        return self.needs_gradients
+
+    def __call__(self, A: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
+        """The map of one tile or image, all statistics taken over it alone."""
+        if self.local is not None:
+            return self.local(A, G)
+        astats = self.act_stats(A) if self.act_stats else {}
+        gstats = self.grad_stats(A, G, astats) if self.grad_stats else {}
+        w, b = self.weights(astats, gstats, A.shape[2] * A.shape[3])
+        return weighted_map(A, w, b)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("gradcam", "Grad-CAM", True, grad_stats=_grad_sum, weights=_w_gradcam),
+        Method("hirescam", "HiResCAM", True, local=_hirescam),
+        Method("gradcam++", "Grad-CAM++", True, act_stats=_act_sum, grad_stats=_gradcampp_stats, weights=_w_gradcampp),
+        Method("xgradcam", "XGrad-CAM", True, act_stats=_act_sum, grad_stats=_grad_times_act, weights=_w_xgradcam),
+        Method("layercam", "LayerCAM", True, local=_layercam),
+        Method("eigencam", "EigenCAM", False, act_stats=_act_moments, weights=_w_eigencam),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    from .errors import InputError
+
+    key = str(name).lower().replace("-", "").replace("_", "")
+    key = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}.get(key, key)
+    if key not in METHODS:
+        raise InputError(f"Unknown method {name!r}: choose one of {', '.join(METHODS)}.")
+    return METHODS[key]

@@ -1,0 +1,54 @@
+"""How much memory a run may take, and the tile and batch sizes that keep it there."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .model import DOWNSAMPLING
+
+# Peak bytes per input pixel per unit of network width, measured with bench/bench_memory.py
+# (width-16 and width-64 models, 512^2 to 1024^2 inputs, CPU float32).
+BYTES_PER_PIXEL_PER_WIDTH_FORWARD = 40
+BYTES_PER_PIXEL_PER_WIDTH_EXPLAIN = 160
+CPU_BUDGET_CAP = 6 << 30
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 << 30
+    return int(min(avail * 0.4, CPU_BUDGET_CAP))
+
+
+def bytes_per_pixel(width: int, explaining: bool) -> int:
+    per = BYTES_PER_PIXEL_PER_WIDTH_EXPLAIN if explaining else BYTES_PER_PIXEL_PER_WIDTH_FORWARD
+    return per * max(int(width), 1)
+
+
+def auto_tile(h: int, w: int, width: int, explaining: bool, budget: int, halo: int) -> int | None:
+    """None when a whole (h, w) slice fits the budget, else the largest tile core that does."""
+    bpp = bytes_per_pixel(width, explaining)
+    if h * w * bpp <= budget:
+        return None
+    side = int((budget / bpp) ** 0.5) - 2 * halo
+    return max(4 * DOWNSAMPLING, side // DOWNSAMPLING * DOWNSAMPLING)
+
+
+def auto_batch(h: int, w: int, width: int, explaining: bool, budget: int, cap: int = 16) -> int:
+    return int(max(1, min(cap, budget // max(1, h * w * bytes_per_pixel(width, explaining)))))

@@ -1,0 +1,139 @@
+"""Explaining one large image in overlapping tiles, with global Grad-CAM channel weights.
+
+Grad-CAM's weights are means over the whole target region, so tiles must not each get their
+own. A tiled run makes up to three passes over the tiles:
+
+1. forward only: stitched logits (hence the labels that fix the target region) and the
+   activation sums some methods need;
+2. forward + gradients: gradient sums over each tile's core, and the maps of local methods;
+3. forward only: each tile's map from the now global channel weights.
+
+Tiles overlap by ``halo`` pixels on each side; only each tile's core is kept or counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .engine import forward_and_gradients, hooked, labels_from_logits
+from .methods import Method, weighted_map
+from .model import DOWNSAMPLING
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+def tile_boxes(h: int, w: int, tile: int, halo: int) -> Iterator[tuple[Box, Box]]:
+    """(core, extent) boxes covering an (h, w) image whose sides are multiples of ``DOWNSAMPLING``."""
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            yield (y0, y1, x0, x1), (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
+
+
+def round_tile(tile: int) -> int:
+    return max(DOWNSAMPLING, int(tile) // DOWNSAMPLING * DOWNSAMPLING)
+
+
+def _core_in(t: torch.Tensor, core: Box, ext: Box, full: tuple[int, int]) -> torch.Tensor:
+    """The core of a tile's tensor, on that tensor's own grid (a layer may be coarser than the input)."""
+    sy = (ext[1] - ext[0]) // t.shape[-2]
+    sx = (ext[3] - ext[2]) // t.shape[-1]
+    return t[
+        ..., (core[0] - ext[0]) // sy : (core[1] - ext[0]) // sy, (core[2] - ext[2]) // sx : (core[3] - ext[2]) // sx
+    ]
+
+
+def _place_map(out: torch.Tensor, m: torch.Tensor, core: Box, ext: Box) -> None:
+    up = F.interpolate(m[:, None], size=(ext[1] - ext[0], ext[3] - ext[2]), mode="bilinear", align_corners=False)
+    out[:, core[0] : core[1], core[2] : core[3]] = up[
+        :, 0, core[0] - ext[0] : core[1] - ext[0], core[2] - ext[2] : core[3] - ext[2]
+    ]
+
+
+def _add(acc: dict, key, stats: Mapping[str, torch.Tensor]) -> None:
+    slot = acc.setdefault(key, {})
+    for k, v in stats.items():
+        slot[k] = slot[k] + v if k in slot else v.clone()
+
+
+def explain_tiled(
+    net: nn.Module,
+    x: torch.Tensor,
+    modules: Mapping[str, nn.Module],
+    classes: Sequence[int],
+    method: Method,
+    target,
+    tile: int,
+    halo: int,
+    step: Callable[[], None],
+) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    """Logits (B, K, H, W) and maps (B, H, W) at input resolution for an already padded batch ``x``."""
+    h, w = x.shape[-2:]
+    boxes = list(tile_boxes(h, w, tile, halo))
+    logits_full: torch.Tensor | None = None
+    astats: dict = {}
+    counts: dict[str, int] = {}
+    with torch.no_grad():
+        for core, ext in boxes:
+            xt = x[..., ext[0] : ext[1], ext[2] : ext[3]]
+            with hooked(net, modules, track=False) as acts:
+                logits = net(xt)
+            if logits_full is None:
+                logits_full = logits.new_zeros(*logits.shape[:2], h, w)
+            logits_full[..., core[0] : core[1], core[2] : core[3]] = _core_in(logits, core, ext, (h, w))
+            for name, a in acts.items():
+                a_core = _core_in(a, core, ext, (h, w))
+                counts[name] = counts.get(name, 0) + a_core.shape[-2] * a_core.shape[-1]
+                if method.act_stats:
+                    _add(astats, name, method.act_stats(a_core))
+            step()
+    labels = labels_from_logits(logits_full)
+    maps = {(n, c): x.new_zeros(x.shape[0], h, w) for n in modules for c in classes}
+
+    def region_for(ext: Box):
+        def region(logits: torch.Tensor, cls: int) -> torch.Tensor:
+            if target == "predicted":
+                return labels[:, ext[0] : ext[1], ext[2] : ext[3]] == cls
+            if target == "image":
+                return torch.ones_like(labels[:, ext[0] : ext[1], ext[2] : ext[3]], dtype=torch.bool)
+            return target[:, ext[0] : ext[1], ext[2] : ext[3]]
+
+        return region
+
+    gstats: dict = {}
+    if method.needs_gradients and modules and classes:
+        for core, ext in boxes:
+            xt = x[..., ext[0] : ext[1], ext[2] : ext[3]]
+            _, acts, grads = forward_and_gradients(net, xt, modules, classes, region_for(ext))
+            for (name, cls), g in grads.items():
+                a = acts[name]
+                if method.local is not None:
+                    _place_map(maps[name, cls], method.local(a, g), core, ext)
+                else:
+                    a_core, g_core = _core_in(a, core, ext, (h, w)), _core_in(g, core, ext, (h, w))
+                    _add(gstats, (name, cls), method.grad_stats(a_core, g_core, astats.get(name, {})))
+            step()
+    if method.local is None and modules and classes:
+        weights = {
+            (n, c): method.weights(astats.get(n, {}), gstats.get((n, c), {}), counts[n])
+            for n in modules
+            for c in classes
+        }
+        with torch.no_grad():
+            for core, ext in boxes:
+                with hooked(net, modules, track=False) as acts:
+                    net(x[..., ext[0] : ext[1], ext[2] : ext[3]])
+                for (name, cls), (wk, b) in weights.items():
+                    _place_map(maps[name, cls], weighted_map(acts[name], wk, b), core, ext)
+                step()
+    return logits_full, maps
+
+
+def n_passes(method: Method, explaining: bool) -> int:
+    if not explaining:
+        return 1
+    return 1 + int(method.needs_gradients) + int(method.local is None)

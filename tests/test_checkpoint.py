@@ -1,0 +1,135 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from napari_unet_gradcam import CheckpointError, load_model, save_checkpoint
+from napari_unet_gradcam.checkpoint import default_model_path
+
+from .conftest import tiny_unet
+
+
+class _Exploit:
+    """Unpickling this calls os.system: a file that would run code when loaded unsafely."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    sd = dict(tiny_unet().state_dict())
+    sd["payload"] = _Exploit(marker)
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="evil.pth.*refused"):
+        load_model(path, device="cpu")
+    assert not marker.exists()
+    # The same payload as a bare pickle, not a torch zip file.
+    with open(tmp_path / "evil2.pth", "wb") as f:
+        pickle.dump(_Exploit(marker), f)
+    with pytest.raises(CheckpointError, match="evil2.pth"):
+        load_model(tmp_path / "evil2.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(os.urandom(4096)), "could not be read|refused"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.mkdir(), "directory"),
+        (lambda p: None, "does not exist"),
+    ],
+)
+def test_broken_files_get_one_clear_error(tmp_path, make, message):
+    path = tmp_path / "model.pth"
+    make(path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_model(path)
+    assert "model.pth" in str(info.value)
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = tmp_path / "full.pth"
+    torch.save(tiny_unet().state_dict(), path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pth.*truncated"):
+        load_model(cut)
+
+
+def test_other_architecture_is_refused(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4, 2)).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a Pytorch-UNet"):
+        load_model(path)
+
+
+def test_unet_with_missing_layer_is_refused(tmp_path):
+    sd = dict(tiny_unet().state_dict())
+    del sd["up2.conv.double_conv.3.weight"]
+    path = tmp_path / "partial.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="does not fit.*up2.conv.double_conv.3.weight"):
+        load_model(path)
+
+
+def test_mismatched_mask_values_are_refused(tmp_path):
+    sd = dict(tiny_unet(n_classes=3).state_dict())
+    sd["mask_values"] = [0, 1]
+    path = tmp_path / "mv.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="mask_values.*3 classes"):
+        load_model(path)
+
+
+def test_project_format_round_trip(tmp_path):
+    net = tiny_unet()
+    path = save_checkpoint(
+        net,
+        tmp_path / "ours.pth",
+        class_names=["background", "nucleus", "boundary"],
+        preprocess={"mode": "percentile", "low": 1.0, "high": 99.8},
+        training={"epochs": 3, "seed": 0},
+    )
+    back = load_model(path, device="cpu")
+    assert back.class_names == ["background", "nucleus", "boundary"]
+    assert back.preprocess["mode"] == "percentile"
+    assert back.training_record == {"epochs": 3, "seed": 0}
+    assert not (tmp_path / "ours.pth.part").exists()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+
+
+def test_sigmoid_model_has_two_label_names(tmp_path):
+    path = tmp_path / "binary.pth"
+    torch.save(tiny_unet(n_classes=1).state_dict(), path)
+    net = load_model(path)
+    assert net.n_classes == 1 and net.class_names == ["background", "foreground"]
+    assert net.mask_values == [0, 1]
+
+
+def test_default_model_loads_or_explains_its_absence():
+    if default_model_path().exists():
+        net = load_model()
+        assert net.n_channels == 1 and len(net.class_names) == max(net.n_classes, 2)
+    else:
+        with pytest.raises(CheckpointError, match="bundled default model"):
+            load_model()
+
+
+def test_device_auto_and_explicit(tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save(tiny_unet().state_dict(), path)
+    net = load_model(path, device="cpu")
+    assert next(net.parameters()).device.type == "cpu"
+    auto = load_model(path)  # auto: CUDA, then MPS, then CPU
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert next(auto.parameters()).device.type == expected
