@@ -1,0 +1,177 @@
+"""Turning an ExplainResult into napari layers placed exactly over their source.
+
+Pure functions of a :class:`Snapshot` and a result: they return ``(data, kwargs, type)`` tuples,
+and :func:`apply_layers` puts them into a viewer, replacing the plugin's own earlier layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .pipeline import ExplainResult
+
+MARK = "unet_gradcam"
+LABEL_COLORS = ["transparent", "#00e5ff", "#ff3df5", "#ffd400", "#7cff4f", "#ff7a1a", "#9b7bff", "#ff4d4d"]
+
+
+@dataclass
+class Snapshot:
+    """What the run needs from the source layer, taken when Run is pressed."""
+
+    name: str
+    source_id: str
+    data: Any
+    rgb: bool
+    scale: tuple
+    translate: tuple
+    axis_labels: tuple | None = None
+    units: tuple | None = None
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, layer, params: dict) -> Snapshot:
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        if isinstance(data, np.ndarray):
+            data = data.copy()  # the run must not see edits made while it goes on
+        return cls(
+            name=layer.name,
+            source_id=str(getattr(layer, "unique_id", id(layer))),
+            data=data,
+            rgb=bool(getattr(layer, "rgb", False)),
+            scale=tuple(layer.scale),
+            translate=tuple(layer.translate),
+            axis_labels=tuple(getattr(layer, "axis_labels", ()) or ()) or None,
+            units=tuple(str(u) for u in getattr(layer, "units", ()) or ()) or None,
+            params=dict(params),
+        )
+
+
+def data_digest(data: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(data).view(np.uint8), digest_size=16).hexdigest()
+
+
+def _placement(snap: Snapshot, lead: int = 0) -> dict:
+    kw: dict = {"scale": (1.0,) * lead + tuple(snap.scale), "translate": (0.0,) * lead + tuple(snap.translate)}
+    if snap.axis_labels:
+        kw["axis_labels"] = tuple(["decoder layer", "class"][:lead]) + tuple(snap.axis_labels)
+    if snap.units:
+        kw["units"] = ("pixel",) * lead + tuple(snap.units)
+    return kw
+
+
+def _provenance(snap: Snapshot, res: ExplainResult, **extra) -> dict:
+    md = res.metadata
+    return {
+        MARK: {
+            "source": snap.name,
+            "source_id": snap.source_id,
+            "method": md["method"],
+            "target": md["target"],
+            "normalize": md["normalize"],
+            "model_sha256": md["model"]["sha256"],
+            "model_path": md["model"]["path"],
+            "version": md["version"],
+            **extra,
+        }
+    }
+
+
+def label_colormap(n: int) -> dict:
+    return {i: LABEL_COLORS[i % len(LABEL_COLORS)] if i else "transparent" for i in range(n)} | {None: "#ffffff"}
+
+
+def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> list[tuple]:
+    md = res.metadata
+    names = md["class_names"]
+    out = []
+    labels_kw = {
+        "name": f"{snap.name} labels (UNet)",
+        "metadata": _provenance(snap, res, kind="labels", class_names=names),
+        "features": {"index": list(range(len(names))), "class": names},
+        "opacity": 0.6,
+        **_placement(snap),
+    }
+    out.append((res.labels, labels_kw, "labels"))
+    keys = list(res.cams)
+    if not keys:
+        return out
+    title = md["method_title"]
+    limits = [0.0, 1.0]
+    if md["normalize"] == "none":
+        lows, highs = zip(*md["ranges"].values(), strict=True)
+        limits = [float(min(lows)), float(max(max(highs), min(lows) + 1e-12))]
+    layers_order = list(dict.fromkeys(k[0] for k in keys))
+    classes_order = list(dict.fromkeys(k[1] for k in keys))
+    common = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "contrast_limits": limits}
+    if stacked:
+        data = np.stack([np.stack([res.cams[ly, c] for c in classes_order]) for ly in layers_order])
+        kw = {
+            "name": f"{snap.name} {title} maps",
+            "metadata": _provenance(
+                snap, res, kind="stack", layers=layers_order, classes=[names[c] for c in classes_order]
+            ),
+            **common,
+            **_placement(snap, lead=2),
+        }
+        return [*out, (data, kw, "image")]
+    # One map visible at first: the finest requested layer for the first class that is not background.
+    shown = (layers_order[-1], next((c for c in classes_order if c != 0), classes_order[0]))
+    for ly, c in keys:
+        kw = {
+            "name": f"{snap.name} {title} {ly} {names[c]}",
+            "metadata": _provenance(snap, res, kind="heatmap", layer=ly, class_index=c, class_name=names[c]),
+            "visible": (ly, c) == shown,
+            **common,
+            **_placement(snap),
+        }
+        out.append((res.cams[ly, c], kw, "image"))
+    return out
+
+
+def _ours(layer, source_id: str) -> dict | None:
+    mark = layer.metadata.get(MARK) if isinstance(layer.metadata, dict) else None
+    return mark if mark and mark.get("source_id") == source_id else None
+
+
+def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
+    """Add or update the run's layers; earlier maps of the same source are replaced, never piled up.
+
+    A labels layer of ours that the user has edited since we made it is left alone and a new one
+    is added beside it.
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    existing = {layer.name: layer for layer in viewer.layers if _ours(layer, snap.source_id)}
+    kept = set()
+    made = []
+    for data, kw, kind in tuples:
+        kw = dict(kw)
+        if kind == "labels":
+            kw["colormap"] = DirectLabelColormap(color_dict=label_colormap(int(data.max(initial=0)) + 1 + 8))
+            kw["metadata"][MARK]["digest"] = data_digest(data)
+        old = existing.get(kw["name"])
+        reuse = old is not None and old._type_string == kind and old.data.shape == data.shape
+        if reuse and kind == "labels":
+            reuse = old.metadata[MARK].get("digest") == data_digest(np.asarray(old.data))
+        if reuse:
+            old.data = data
+            old.metadata = kw["metadata"]
+            if kind == "image":
+                old.contrast_limits = kw["contrast_limits"]
+            kept.add(old.name)
+            made.append(old)
+            continue
+        if old is not None and kind == "labels":
+            kw["name"] = kw["name"] + " (new)"
+        layer = viewer.add_labels(data, **kw) if kind == "labels" else viewer.add_image(data, **kw)
+        kept.add(layer.name)
+        made.append(layer)
+    for name, layer in existing.items():
+        stale = name not in kept and layer.metadata[MARK].get("kind") in ("heatmap", "stack")
+        if stale and layer in viewer.layers:
+            viewer.layers.remove(layer)
+    return made
