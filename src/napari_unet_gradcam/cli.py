@@ -1,0 +1,194 @@
+"""``napari-unet-gradcam``: the same core as the plugin, for scripts, batches and servers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import UnetGradcamError
+from .methods import METHODS
+from .model import DECODER_LAYERS
+
+
+class _Bar:
+    """A one-line progress bar on stderr (only when stderr is a terminal or forced)."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.label, self.enabled, self.t0 = label, enabled, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        n = int(30 * done / max(total, 1))
+        sys.stderr.write(f"\r{self.label} [{'#' * n:<30}] {done}/{total} {time.perf_counter() - self.t0:5.1f}s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _fail(msg: str) -> None:
+    sys.stderr.write(f"napari-unet-gradcam: error: {msg}\n")
+
+
+def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> int:
+    """Explain each (name, image-or-path, axes) and write its outputs; return the number that failed."""
+    from .checkpoint import load_model
+    from .io import layout_from_axes, read_image, write_result
+    from .pipeline import explain
+
+    try:
+        net = load_model(args.model, device=args.device)
+    except UnetGradcamError as exc:
+        _fail(str(exc))
+        return len(images) or 1
+    out = Path(args.out)
+    failed = 0
+    progress = args.progress or sys.stderr.isatty()
+    for name, source, axes in images:
+        try:
+            if isinstance(source, (str, Path)):
+                image, axes = read_image(source)
+            else:
+                image = source
+            layout = layout_from_axes(axes, image.shape)
+            if getattr(args, "channel_axis", None) is not None:
+                layout = {"channel_axis": args.channel_axis, "rgb": False}
+            res = explain(
+                image,
+                net,
+                layers=tuple(args.layers),
+                classes=args.classes,
+                method=args.method,
+                target=args.target,
+                normalize=args.normalize,
+                tile_size=args.tile_size,
+                scale=args.scale,
+                progress=_Bar(Path(name).name, progress),
+                **layout,
+            )
+            rgb = bool(layout.get("rgb")) or (image.ndim >= 3 and image.shape[-1] in (3, 4) and "rgb" not in layout)
+            stack_axes = "".join(a for a in (axes or "") if a not in "YXSC")[: res.labels.ndim - 2]
+            stack_axes = stack_axes if len(stack_axes) == res.labels.ndim - 2 else "Q" * (res.labels.ndim - 2)
+            stem = Path(name).stem
+            files = write_result(res, image, out, stem, stack_axes, args.probabilities, rgb)
+            fg = float((res.labels > 0).mean())
+            print(
+                f"{name}: {len(res.cams)} maps ({res.metadata['method_title']}), foreground {fg:.1%}, "
+                f"{res.metadata['seconds']:.1f} s -> {', '.join(f.name for f in files)}"
+            )
+        except UnetGradcamError as exc:
+            failed += 1
+            _fail(str(exc) if str(name) in str(exc) else f"{name}: {exc}")
+        except MemoryError:
+            failed += 1
+            _fail(f"{name}: out of memory; pass --tile-size 512 (or smaller).")
+    return failed
+
+
+def _cmd_explain(args) -> int:
+    failed = _explain_files(args, [(p, p, None) for p in args.images])
+    ok = len(args.images) - failed
+    print(f"Done: {ok} of {len(args.images)} image(s) explained, outputs in {args.out}.")
+    return 1 if failed else 0
+
+
+def _cmd_demo(args) -> int:
+    from .synthetic import nuclei_2d
+
+    args.images = ["synthetic_nuclei.tif"]
+    failed = _explain_files(args, [("synthetic_nuclei.tif", nuclei_2d(seed=7), "YX")])
+    if not failed:
+        print(f"Demo done: open {Path(args.out) / 'synthetic_nuclei_contact_sheet.png'} to see the maps.")
+    return 1 if failed else 0
+
+
+def _cmd_train(args) -> int:
+    from .train import train
+
+    rec = train(
+        args.out,
+        images=args.images,
+        masks=args.masks,
+        steps=args.steps,
+        seed=args.seed,
+        width=args.width,
+        threads=args.threads,
+    )
+    last = rec["history"][-1] if rec["history"] else {}
+    print(f"Saved {args.out}: {rec['seconds']:.0f} s, validation {last}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="Pytorch-UNet checkpoint (.pth); default: the bundled nuclei model")
+    p.add_argument("--layers", nargs="+", default=list(DECODER_LAYERS), help="modules to explain (default: up1-up4)")
+    p.add_argument("--classes", nargs="+", default=None, help="class names or indices (default: all)")
+    p.add_argument("--method", default="gradcam", choices=list(METHODS), help="CAM method")
+    p.add_argument("--target", default="predicted", choices=["predicted", "image"], help="pixels each score sums")
+    p.add_argument("--normalize", default="per-map", choices=["per-map", "shared", "none"])
+    p.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (default: automatic)")
+    p.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
+
+
+def _classes(values):
+    if values is None:
+        return None
+    return [int(v) if v.isdigit() else v for v in values]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-unet-gradcam",
+        description="Segment images with a Pytorch-UNet and explain the result with Grad-CAM heatmaps.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the bundled model on the bundled sample and write the outputs")
+    d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    _add_run_options(d)
+    e = sub.add_parser("explain", help="explain TIFF, PNG or JPEG images")
+    e.add_argument("images", nargs="+", help="image files")
+    e.add_argument("--out", default="gradcam-output", help="output folder (default: gradcam-output)")
+    e.add_argument("--channel-axis", type=int, default=None, help="axis holding channels, for multichannel images")
+    _add_run_options(e)
+    t = sub.add_parser("train", help="train a model: the bundled one (default) or on your images and masks")
+    t.add_argument("out", help="checkpoint to write (.pth)")
+    t.add_argument("--images", help="folder of images")
+    t.add_argument("--masks", help="folder of masks with the same file names")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--width", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "classes"):
+        args.classes = _classes(args.classes)
+    handler = {"demo": _cmd_demo, "explain": _cmd_explain, "train": _cmd_train}[args.command]
+    try:
+        return handler(args)
+    except UnetGradcamError as exc:
+        _fail(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""The console command, run as a user runs it: a subprocess on real files."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet_gradcam import save_checkpoint
+from napari_unet_gradcam.synthetic import nuclei_2d, nuclei_3d
+
+from .conftest import tiny_unet
+
+
+def cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "napari_unet_gradcam.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    save_checkpoint(tiny_unet(width=4), d / "tiny.pth", preprocess={"mode": "percentile"})
+    tifffile.imwrite(d / "flat.tif", nuclei_2d(1, (96, 120)))
+    tifffile.imwrite(d / "stack.tif", nuclei_3d(1, (4, 64, 48)), metadata={"axes": "ZYX"})
+    rgb = np.repeat(nuclei_2d(2, (80, 72)).astype(np.uint8)[..., None], 3, axis=2)
+    cv2.imwrite(str(d / "colour.png"), rgb)
+    (d / "notes.txt").write_text("not an image")
+    (d / "broken.tif").write_bytes(b"II*\x00garbage")
+    return d
+
+
+def test_help_for_every_subcommand():
+    for sub in ([], ["demo"], ["explain"], ["train"]):
+        r = cli(*sub, "--help")
+        assert r.returncode == 0 and "usage: napari-unet-gradcam" in r.stdout
+
+
+def test_explain_writes_outputs_with_shapes_and_metadata(files, tmp_path):
+    out = tmp_path / "out"
+    r = cli(
+        "explain",
+        files / "flat.tif",
+        files / "stack.tif",
+        "--model",
+        files / "tiny.pth",
+        "--out",
+        out,
+        "--layers",
+        "up3",
+        "up4",
+        "--probabilities",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Done: 2 of 2" in r.stdout and "Traceback" not in r.stderr
+    labels = tifffile.imread(out / "flat_labels.tif")
+    assert labels.shape == (96, 120)
+    with tifffile.TiffFile(out / "stack_maps.tif") as tif:
+        maps = tif.series[0].asarray()
+        md = tif.shaped_metadata[0]
+    assert maps.shape == (2, 3, 4, 64, 48) and maps.dtype == np.float32
+    assert md["axes"] == "QCZYX" and md["decoder_layers"] == ["up3", "up4"]
+    assert md["classes"] == ["background", "nucleus", "boundary"]
+    assert tifffile.imread(out / "stack_probabilities.tif").shape == (3, 4, 64, 48)
+    sheet = cv2.imread(str(out / "flat_contact_sheet.png"))
+    assert sheet.shape[0] > 3 * 200 and sheet.shape[1] >= 3 * 200  # header row + 2 layer rows, 3 classes
+    meta = json.loads((out / "flat_metadata.json").read_text())
+    assert meta["method"] == "gradcam" and len(meta["model"]["sha256"]) == 64
+
+
+def test_bad_inputs_get_one_line_each_and_others_still_run(files, tmp_path):
+    out = tmp_path / "out"
+    r = cli(
+        "explain",
+        files / "notes.txt",
+        files / "broken.tif",
+        files / "missing.png",
+        files / "colour.png",
+        files / "flat.tif",
+        "--model",
+        files / "tiny.pth",
+        "--out",
+        out,
+    )
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 4, r.stderr
+    assert any("notes.txt" in e and "unsupported" in e for e in errors)
+    assert any("broken.tif" in e and "TIFF" in e for e in errors)
+    assert any("missing.png" in e and "no such file" in e for e in errors)
+    assert any("colour.png" in e and "3 channel(s)" in e for e in errors)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"flat_{s}" for s in ("labels.tif", "maps.tif", "contact_sheet.png", "metadata.json")
+    )
+
+
+def test_bad_checkpoint_is_one_line_and_nonzero(files, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00" * 100)
+    r = cli("explain", files / "flat.tif", "--model", bad, "--out", tmp_path / "o")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.count("error:") == 1 and "bad.pth" in r.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unknown_layer_is_reported(files, tmp_path):
+    r = cli("explain", files / "flat.tif", "--model", files / "tiny.pth", "--layers", "up7", "--out", tmp_path)
+    assert r.returncode == 1 and "Unknown layer 'up7'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_runs_on_bundled_model(tmp_path):
+    from napari_unet_gradcam.checkpoint import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("bundled model not built")
+    r = cli("demo", "--out", tmp_path / "demo")
+    assert r.returncode == 0, r.stderr
+    labels = tifffile.imread(tmp_path / "demo" / "synthetic_nuclei_labels.tif")
+    assert labels.shape == (512, 512) and 0.05 < (labels > 0).mean() < 0.9
+    assert (tmp_path / "demo" / "synthetic_nuclei_contact_sheet.png").exists()
