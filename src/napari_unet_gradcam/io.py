@@ -70,7 +70,7 @@ def atomic_outputs() -> Iterator[callable]:
         for tmp, final in written:
             os.replace(tmp, final)
     except BaseException:
-        for tmp, final in written:
+        for tmp, _ in written:
             tmp.unlink(missing_ok=True)
         raise
 
