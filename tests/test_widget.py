@@ -27,6 +27,7 @@ def use_checkpoint(widget, path):
     widget.model.value = "checkpoint file"
     widget.checkpoint.value = path
     assert widget._model is not None, widget.status.value
+    assert widget.classes.value == list(range(len(widget._model.class_names)))
 
 
 def run_and_wait(qtbot, widget, timeout=60000):
@@ -192,10 +193,17 @@ def test_bundled_model_one_click(make_napari_viewer, qtbot):
     run_and_wait(qtbot, widget, timeout=120000)
     labels = viewer.layers["nuclei 2D labels (UNet)"].data
     assert set(np.unique(labels)) >= {0, 1}
+    order = [ly.name for ly in viewer.layers]
     widget.toggle_grid()
-    assert viewer.grid.enabled
+    assert viewer.grid.enabled and viewer.grid.stride == -2
+    views = [ly for ly in viewer.layers if ly.name.startswith("grid view: ")]
+    assert len(views) == 8  # every foreground map (4 layers x 2 classes), each over the image
+    top = list(viewer.layers)[::-1]
+    assert top[0].name == "nuclei 2D Grad-CAM up1 nucleus" and top[1].name == "grid view: " + top[0].name
+    assert all(v.data is viewer.layers["nuclei 2D"].data for v in views)  # no copies
     widget.toggle_grid()
     assert not viewer.grid.enabled
+    assert [ly.name for ly in viewer.layers] == order
 
 
 def test_devices_offered_match_torch():

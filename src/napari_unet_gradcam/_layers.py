@@ -92,7 +92,9 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
         "name": f"{snap.name} labels (UNet)",
         "metadata": _provenance(snap, res, kind="labels", class_names=names),
         "features": {"index": list(range(len(names))), "class": names},
-        "opacity": 0.6,
+        "opacity": 0.8,
+        # Outlines keep the image and a heatmap readable under the segmentation.
+        "_contour": 1 if res.cams else 0,
         **_placement(snap),
     }
     out.append((res.labels, labels_kw, "labels"))
@@ -150,6 +152,7 @@ def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
     made = []
     for data, kw, kind in tuples:
         kw = dict(kw)
+        contour = kw.pop("_contour", 0)
         if kind == "labels":
             kw["colormap"] = DirectLabelColormap(color_dict=label_colormap(int(data.max(initial=0)) + 1 + 8))
             kw["metadata"][MARK]["digest"] = data_digest(data)
@@ -162,12 +165,18 @@ def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
             old.metadata = kw["metadata"]
             if kind == "image":
                 old.contrast_limits = kw["contrast_limits"]
+            else:
+                old.contour = contour
             kept.add(old.name)
             made.append(old)
             continue
         if old is not None and kind == "labels":
             kw["name"] = kw["name"] + " (new)"
-        layer = viewer.add_labels(data, **kw) if kind == "labels" else viewer.add_image(data, **kw)
+        if kind == "labels":
+            layer = viewer.add_labels(data, **kw)
+            layer.contour = contour
+        else:
+            layer = viewer.add_image(data, **kw)
         kept.add(layer.name)
         made.append(layer)
     for name, layer in existing.items():

@@ -75,7 +75,7 @@ class GradCamWidget(Container):
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pth *.pt *.ckpt", visible=False)
         self.model_info = Label(label="loaded", value="")
         self.layers = Select(label="decoder layers", choices=list(ALL_LAYERS), value=list(DECODER_LAYERS))
-        self.classes = Select(label="classes", choices=[])
+        self.classes = Select(label="classes", choices=self._class_choices)
         self.method = ComboBox(label="method", choices=[(m.title, m.name) for m in METHODS.values()], value="gradcam")
         self.target = ComboBox(label="target", choices=list(TARGETS), value="predicted mask")
         self.region = ComboBox(label="region layer", choices=self._region_choices, nullable=True, visible=False)
@@ -88,6 +88,9 @@ class GradCamWidget(Container):
         self.grid_btn = PushButton(text="Grid view of heatmaps")
         self.bar = ProgressBar(label="progress", value=0, max=1, visible=True)
         self.status = Label(label="status", value="Ready.")
+        self.native.setMaximumWidth(460)
+        self.model_info.native.setWordWrap(True)
+        self.status.native.setWordWrap(True)
         self.layers.native.setMaximumHeight(110)
         self.classes.native.setMaximumHeight(80)
         self.extend(
@@ -138,6 +141,10 @@ class GradCamWidget(Container):
             (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not self._ours(layer)
         ]
 
+    def _class_choices(self, _=None):
+        names = list(getattr(self._model, "class_names", None) or [])
+        return [(f"{i}: {n}", i) for i, n in enumerate(names)]
+
     def _region_choices(self, _=None):
         from napari.layers import Labels, Shapes
 
@@ -187,11 +194,13 @@ class GradCamWidget(Container):
         if path == "":
             self.model_info.value = "Choose a checkpoint file (.pth)."
             self._model = None
+            self.classes.reset_choices()
             return
         try:
             self._model = get_model(path, self.device.value)
         except UnetGradcamError as exc:
             self._model = None
+            self.classes.reset_choices()
             self._model_error = str(exc)
             self.model_info.value = "Could not load the model (see status)."
             self._set_status(str(exc), error=True)
@@ -199,9 +208,8 @@ class GradCamWidget(Container):
         self._model_error = None
         self.model_info.value = describe(self._model)
         self.model_info.tooltip = self.model_info.value
-        names = list(self._model.class_names)
-        self.classes.choices = [(f"{i}: {n}", i) for i, n in enumerate(names)]
-        self.classes.value = list(range(len(names)))
+        self.classes.reset_choices()
+        self.classes.value = [c[1] for c in self._class_choices()]
 
     # -- running ---------------------------------------------------------------------------------
     def _params(self) -> dict:
@@ -320,6 +328,9 @@ class GradCamWidget(Container):
         self._set_status(
             f"'{snap.name}'{gone}: {n_maps} map(s), {len(made)} layer(s) in {time.perf_counter() - t0:.1f} s on {dev}."
         )
+        first = next((ly for ly in made if ly.visible and self._mark(ly).get("kind") == "heatmap"), None)
+        if first is not None:
+            self.viewer.layers.selection.active = first
         for note in res.metadata.get("notes", []):
             show_warning(note)
 
@@ -358,8 +369,70 @@ class GradCamWidget(Container):
 
     # -- comparing -------------------------------------------------------------------------------
     def toggle_grid(self, _=None):
-        """Heatmaps side by side, each over its image: napari's grid with the image under every map."""
+        """Heatmaps side by side, each over its image (napari's grid, two layers per cell).
+
+        The image under each map is an extra view layer sharing the source's array (no copy);
+        leaving the grid removes those views and restores what was visible.
+        """
         grid = self.viewer.grid
-        grid.enabled = not grid.enabled
         if grid.enabled:
-            grid.stride = 1
+            self._leave_grid()
+            return
+        source = self.image.value
+        heatmaps = [ly for ly in self.viewer.layers if self._mark(ly).get("kind") == "heatmap"]
+        if source is not None:
+            sid = str(getattr(source, "unique_id", id(source)))
+            heatmaps = [ly for ly in heatmaps if self._mark(ly).get("source_id") == sid] or heatmaps
+        shown = [ly for ly in heatmaps if ly.visible]
+        if len(shown) < 2:  # nothing chosen yet: every foreground map
+            shown = [ly for ly in heatmaps if self._mark(ly).get("class_index") != 0] or heatmaps
+        if not shown:
+            self._set_status("No heatmaps to compare yet: press Run first.")
+            return
+        self._grid_restore = {ly: ly.visible for ly in self.viewer.layers}
+        self._grid_order = list(self.viewer.layers)
+        for ly in self.viewer.layers:
+            ly.visible = False
+        layers = self.viewer.layers
+        # The top pair lands in the top-left cell, so the first map is moved last.
+        for h in reversed(shown):
+            under = source if source is not None else None
+            data = under.data if under is not None else np.zeros(h.data.shape, np.float32)
+            view = self.viewer.add_image(
+                data,
+                name=f"grid view: {h.name}",
+                colormap="gray",
+                contrast_limits=list(under.contrast_limits) if under is not None else None,
+                scale=h.scale,
+                translate=h.translate,
+                metadata={"unet_gradcam": {"kind": "grid-view"}},
+            )
+            # napari groups layers into cells by list position: each pair goes on top, map above view.
+            layers.move(layers.index(view), len(layers))
+            layers.move(layers.index(h), len(layers))
+            h.visible = True
+        rows = len({self._mark(h).get("layer") for h in shown})
+        grid.stride = -2
+        grid.shape = (rows, -(-len(shown) // rows)) if rows > 1 else (-1, -1)
+        grid.enabled = True
+        self.viewer.reset_view()
+
+    def _leave_grid(self):
+        for ly in [ly for ly in self.viewer.layers if self._mark(ly).get("kind") == "grid-view"]:
+            self.viewer.layers.remove(ly)
+        layers = self.viewer.layers
+        for i, ly in enumerate(ly for ly in getattr(self, "_grid_order", []) if ly in layers):
+            layers.move(layers.index(ly), i)
+        for ly, vis in getattr(self, "_grid_restore", {}).items():
+            if ly in layers:
+                ly.visible = vis
+        self._grid_restore, self._grid_order = {}, []
+        self.viewer.grid.enabled = False
+        self.viewer.grid.stride = 1
+        self.viewer.grid.shape = (-1, -1)
+        self.viewer.reset_view()
+
+    @staticmethod
+    def _mark(layer) -> dict:
+        md = layer.metadata.get("unet_gradcam") if isinstance(layer.metadata, dict) else None
+        return md or {}

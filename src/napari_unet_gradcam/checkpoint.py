@@ -12,6 +12,7 @@ Only ``torch.load(..., weights_only=True)`` is used, so a file can never run cod
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -195,6 +196,8 @@ def save_checkpoint(
         "training": training or {},
         "width": net.width,
     }
+    # Metadata must stay plain values, or weights_only loading would (rightly) refuse the file.
+    meta = json.loads(json.dumps(meta, default=str))
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "mask_values": list(mask_values or getattr(net, "mask_values", None) or range(n_out)),

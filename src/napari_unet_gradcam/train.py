@@ -27,14 +27,14 @@ PREPROCESS = {"mode": "percentile", "low": PERCENTILES[0], "high": PERCENTILES[1
 DEFAULT_RECIPE = {
     "width": 16,
     "bilinear": True,
-    "steps": 4000,
+    "steps": 5000,
     "batch": 8,
     "patch": 128,
     "lr": 2e-3,
     "n_train": 320,
     "n_val": 16,
     "seed": 0,
-    "class_weights": [1.0, 1.0, 2.5],
+    "class_weights": [1.0, 1.0, 1.5],
 }
 _VAL_SEED_OFFSET = 1_000_000
 
@@ -195,7 +195,7 @@ def train(
         "source": source,
         "history": history,
         "seconds": round(time.perf_counter() - t0, 1),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     save_checkpoint(net, out, mask_values=mask_values, class_names=class_names, preprocess=PREPROCESS, training=record)
     return record
