@@ -122,8 +122,10 @@ def test_demo_runs_on_bundled_model(tmp_path):
 
     if not default_model_path().exists():
         pytest.skip("bundled model not built")
-    r = cli("demo", "--out", tmp_path / "demo")
+    r = cli("demo", "--out", tmp_path / "demo", "--instances")
     assert r.returncode == 0, r.stderr
     labels = tifffile.imread(tmp_path / "demo" / "synthetic_nuclei_labels.tif")
     assert labels.shape == (512, 512) and 0.05 < (labels > 0).mean() < 0.9
     assert (tmp_path / "demo" / "synthetic_nuclei_contact_sheet.png").exists()
+    inst = tifffile.imread(tmp_path / "demo" / "synthetic_nuclei_instances.tif")
+    assert inst.shape == labels.shape and inst.max() > 20 and "objects" in r.stdout

@@ -62,9 +62,10 @@ def test_run_on_sample_data_adds_aligned_layers(make_napari_viewer, qtbot, check
     widget = open_widget(viewer)
     use_checkpoint(widget, checkpoint)
     widget.layers.value = ["up3", "up4"]
+    widget.instances.value = True
     run_and_wait(qtbot, widget)
     names = [layer.name for layer in viewer.layers]
-    assert "nuclei 2D labels (UNet)" in names
+    assert "nuclei 2D labels (UNet)" in names and "nuclei 2D instances (UNet)" in names
     expected = {f"nuclei 2D Grad-CAM {ly} {c}" for ly in ("up3", "up4") for c in ("background", "nucleus", "boundary")}
     assert expected <= set(names)
     for layer in viewer.layers:

@@ -9,6 +9,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from .checkpoint import load_model, save_checkpoint  # noqa: E402
 from .errors import Cancelled, CheckpointError, InputError, UnetGradcamError  # noqa: E402
+from .instances import instance_labels  # noqa: E402
 from .model import DECODER_LAYERS, UNet  # noqa: E402
 from .pipeline import ExplainResult, explain, predict  # noqa: E402
 
@@ -22,6 +23,7 @@ __all__ = [
     "UnetGradcamError",
     "__version__",
     "explain",
+    "instance_labels",
     "load_model",
     "predict",
     "save_checkpoint",

@@ -81,6 +81,7 @@ def _provenance(snap: Snapshot, res: ExplainResult, **extra) -> dict:
 
 
 def label_colormap(n: int) -> dict:
+    """Class colours that read well over a dark fluorescence image; background transparent."""
     return {i: LABEL_COLORS[i % len(LABEL_COLORS)] if i else "transparent" for i in range(n)} | {None: "#ffffff"}
 
 
@@ -98,6 +99,14 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
         **_placement(snap),
     }
     out.append((res.labels, labels_kw, "labels"))
+    if snap.params.get("instances"):
+        inst_kw = {
+            "name": f"{snap.name} instances (UNet)",
+            "metadata": _provenance(snap, res, kind="instances"),
+            "opacity": 0.6,
+            **_placement(snap),
+        }
+        out.append((res.instances(), inst_kw, "labels"))
     keys = list(res.cams)
     if not keys:
         return out
@@ -154,7 +163,8 @@ def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
         kw = dict(kw)
         contour = kw.pop("_contour", 0)
         if kind == "labels":
-            kw["colormap"] = DirectLabelColormap(color_dict=label_colormap(int(data.max(initial=0)) + 1 + 8))
+            if kw["metadata"][MARK]["kind"] == "labels":
+                kw["colormap"] = DirectLabelColormap(color_dict=label_colormap(len(kw["features"]["class"])))
             kw["metadata"][MARK]["digest"] = data_digest(data)
         old = existing.get(kw["name"])
         reuse = old is not None and old._type_string == kind and old.data.shape == data.shape

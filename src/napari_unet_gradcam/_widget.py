@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
 from napari.qt.threading import thread_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -81,6 +81,7 @@ class GradCamWidget(Container):
         self.region = ComboBox(label="region layer", choices=self._region_choices, nullable=True, visible=False)
         self.normalize = ComboBox(label="normalise", choices=list(NORMALIZE), value="per map")
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="one layer per map")
+        self.instances = CheckBox(label="instances", text="also split nuclei into instances", value=False)
         self.tile_size = SpinBox(label="tile size (0 = auto)", min=0, max=16384, step=64, value=0)
         self.device = ComboBox(label="device", choices=_devices(), value="auto")
         self.run_btn = PushButton(text="Run")
@@ -106,6 +107,7 @@ class GradCamWidget(Container):
                 self.region,
                 self.normalize,
                 self.output,
+                self.instances,
                 self.tile_size,
                 self.device,
                 self.run_btn,
@@ -196,6 +198,7 @@ class GradCamWidget(Container):
             self._model = None
             self.classes.reset_choices()
             return
+        previous = self._model
         try:
             self._model = get_model(path, self.device.value)
         except UnetGradcamError as exc:
@@ -206,6 +209,8 @@ class GradCamWidget(Container):
             self._set_status(str(exc), error=True)
             return
         self._model_error = None
+        if self._model is previous:
+            return  # same file, same device: keep the user's class choice
         self.model_info.value = describe(self._model)
         self.model_info.tooltip = self.model_info.value
         self.classes.reset_choices()
@@ -221,6 +226,7 @@ class GradCamWidget(Container):
             "normalize": NORMALIZE[self.normalize.value],
             "tile_size": tile or None,
             "stacked": OUTPUTS[self.output.value],
+            "instances": bool(self.instances.value),
         }
 
     def _region_mask(self, image_layer):
@@ -253,10 +259,9 @@ class GradCamWidget(Container):
         try:
             if layer is None:
                 raise UnetGradcamError("No image layer: open an image (or File > Open Sample > UNet Grad-CAM) first.")
+            self._load_model()  # cached; reads the file again only if it changed on disk
             if self._model is None:
-                self._load_model()
-                if self._model is None:
-                    raise UnetGradcamError(self._model_error or "Choose a checkpoint file first.")
+                raise UnetGradcamError(self._model_error or "Choose a checkpoint file first.")
             params = self._params()
             target = TARGETS[self.target.value]
             if target == "region":
@@ -272,7 +277,7 @@ class GradCamWidget(Container):
 
         def job():
             data = np.asarray(snap.data)
-            return explain(
+            res = explain(
                 data,
                 net,
                 layers=params["layers"],
@@ -285,6 +290,9 @@ class GradCamWidget(Container):
                 progress=lambda done, total: relay.progressed.emit(done, total),
                 cancel=cancel,
             )
+            if params["instances"]:
+                res.instances()  # computed here, off the main thread
+            return res
 
         worker = thread_worker(job, start_thread=False, ignore_errors=True)()
         t0 = time.perf_counter()

@@ -74,10 +74,11 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> in
             stack_axes = "".join(a for a in (axes or "") if a not in "YXSC")[: res.labels.ndim - 2]
             stack_axes = stack_axes if len(stack_axes) == res.labels.ndim - 2 else "Q" * (res.labels.ndim - 2)
             stem = Path(name).stem
-            files = write_result(res, image, out, stem, stack_axes, args.probabilities, rgb)
+            files = write_result(res, image, out, stem, stack_axes, args.probabilities, rgb, args.instances)
             fg = float((res.labels > 0).mean())
+            count = f", {int(res.instances().max())} objects" if args.instances else ""
             print(
-                f"{name}: {len(res.cams)} maps ({res.metadata['method_title']}), foreground {fg:.1%}, "
+                f"{name}: {len(res.cams)} maps ({res.metadata['method_title']}), foreground {fg:.1%}{count}, "
                 f"{res.metadata['seconds']:.1f} s -> {', '.join(f.name for f in files)}"
             )
         except UnetGradcamError as exc:
@@ -134,6 +135,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument("--instances", action="store_true", help="also write instance labels (nuclei split apart)")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
 
 

@@ -135,8 +135,10 @@ def apply_preprocess(arr: np.ndarray, rule: dict) -> np.ndarray:
                 else (tuple(float(v) for v in np.percentile(ch, [rule["low"], rule["high"]])))
             )
             if hi > lo:
-                ch -= lo
-                ch /= hi - lo
+                # Scale first: with values near float32's limits, ch - lo could overflow to inf.
+                s = 1.0 / (hi - lo)
+                ch *= np.float32(s)
+                ch -= np.float32(lo * s)
             else:  # a constant image carries no contrast: map it to zero instead of dividing by zero
                 ch[...] = 0.0
     return arr

@@ -125,6 +125,7 @@ def write_result(
     stack_axes: str = "",
     probabilities: bool = False,
     rgb: bool = False,
+    instances: bool = False,
 ) -> list[Path]:
     """Labels TIFF, maps TIFF (decoder layer, class, stack..., Y, X), contact sheet PNG, metadata JSON."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +165,10 @@ def write_result(
             p = out_dir / f"{stem}_contact_sheet.png"
             ok, buf = cv2.imencode(".png", contact_sheet(img2d, res, mid))
             target(p).write_bytes(buf.tobytes())
+            finals.append(p)
+        if instances:
+            p = out_dir / f"{stem}_instances.tif"
+            tifffile.imwrite(target(p), res.instances(), metadata={"axes": yx})
             finals.append(p)
         if probabilities:
             p = out_dir / f"{stem}_probabilities.tif"

@@ -34,7 +34,8 @@ def _act_sum(A: torch.Tensor) -> Stats:
 
 
 def _act_moments(A: torch.Tensor) -> Stats:
-    flat = A.flatten(2)
+    # float64: second moments of large activations overflow float32 long before the map would.
+    flat = A.flatten(2).double()
     return {"sum_a": flat.sum(-1), "sum_aa": torch.einsum("bcn,bdn->bcd", flat, flat)}
 
 
@@ -68,14 +69,16 @@ def _w_xgradcam(a: Stats, g: Stats, n: int):
 
 
 def _w_eigencam(a: Stats, g: Stats, n: int):
-    mean = a["sum_a"] / n
-    cov = a["sum_aa"] / n - mean[:, :, None] * mean[:, None, :]
-    _, vecs = torch.linalg.eigh(cov.double())
-    v = vecs[..., -1].to(mean.dtype)  # first principal component
+    mean = a["sum_a"].double() / n
+    cov = a["sum_aa"].double() / n - mean[:, :, None] * mean[:, None, :]
+    if not torch.isfinite(cov).all():
+        return torch.zeros_like(mean).float(), torch.zeros(mean.shape[0], dtype=torch.float32, device=mean.device)
+    _, vecs = torch.linalg.eigh(cov)
+    v = vecs[..., -1]  # first principal component
     # An eigenvector's sign is arbitrary: choose the one whose map rises with the total activation.
     sign = torch.sign(torch.einsum("bc,bcd->b", v, cov))
     v = v * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
-    return v, -(v * mean).sum(1)
+    return v.float(), -(v * mean).sum(1).float()
 
 
 # -- local (element-wise) maps ---------------------------------------------------------------------

@@ -44,7 +44,17 @@ class ExplainResult:
 
     @property
     def class_names(self) -> list[str]:
-        return [c["name"] for c in self.metadata.get("classes", [])]
+        return list(self.metadata.get("class_names", []))
+
+    def instances(self) -> np.ndarray:
+        """One label per object (nuclei split along the boundary class), the labels' shape.
+
+        Computed on first use and kept.
+        """
+        cached = self.__dict__.get("_instances")
+        if cached is None:
+            cached = self.__dict__["_instances"] = instances_of(self)
+        return cached
 
 
 def _is_cancelled(cancel) -> bool:
@@ -172,6 +182,13 @@ def _run(
                 step(x.shape[0])
             else:
                 logits, up = explain_tiled(net, x, modules, classes, method, tgt, tile, halo, step)
+            if not torch.isfinite(logits).all() or not all(torch.isfinite(m).all() for m in up.values()):
+                lo, hi = float(prep.batch.min()), float(prep.batch.max())
+                raise InputError(
+                    f"The network produced non-finite values: after preprocessing ({prep.preprocess['mode']}) the "
+                    f"image spans {lo:.3g} to {hi:.3g}, far outside what the model expects. "
+                    "Use preprocess='percentile' or rescale the image."
+                )
             probs[s : s + bs] = probabilities_from_logits(logits)[..., :h, :w].cpu().numpy()
             for k, m in up.items():
                 maps[k][s : s + bs] = m[..., :h, :w].cpu().numpy()
@@ -300,3 +317,11 @@ def model_identity(net: nn.Module) -> dict:
         "width": int(getattr(net, "width", 64)),
         "bilinear": bool(getattr(net, "bilinear", False)),
     }
+
+
+def instances_of(res: ExplainResult) -> np.ndarray:
+    """Instance labels for a result, using the model's boundary class where it has one."""
+    from .instances import classes_for_instances, instance_labels
+
+    interior, boundary = classes_for_instances(res.metadata["class_names"])
+    return instance_labels(res.labels, interior, boundary)

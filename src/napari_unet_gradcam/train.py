@@ -27,14 +27,14 @@ PREPROCESS = {"mode": "percentile", "low": PERCENTILES[0], "high": PERCENTILES[1
 DEFAULT_RECIPE = {
     "width": 16,
     "bilinear": True,
-    "steps": 5000,
+    "steps": 4000,
     "batch": 8,
     "patch": 128,
     "lr": 2e-3,
     "n_train": 320,
     "n_val": 16,
     "seed": 0,
-    "class_weights": [1.0, 1.0, 1.5],
+    "class_weights": [1.0, 1.0, 2.5],
 }
 _VAL_SEED_OFFSET = 1_000_000
 
