@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import forward_and_gradients, hooked, labels_from_logits
+from .engine import forward_and_gradients, hooked, labels_from_logits, run_net
 from .methods import Method, weighted_map
 from .model import DOWNSAMPLING
 
@@ -81,7 +81,7 @@ def explain_tiled(
         for core, ext in boxes:
             xt = x[..., ext[0] : ext[1], ext[2] : ext[3]]
             with hooked(net, modules, track=False) as acts:
-                logits = net(xt)
+                logits = run_net(net, xt)
             if logits_full is None:
                 logits_full = logits.new_zeros(*logits.shape[:2], h, w)
             logits_full[..., core[0] : core[1], core[2] : core[3]] = _core_in(logits, core, ext, (h, w))
@@ -126,7 +126,7 @@ def explain_tiled(
         with torch.no_grad():
             for core, ext in boxes:
                 with hooked(net, modules, track=False) as acts:
-                    net(x[..., ext[0] : ext[1], ext[2] : ext[3]])
+                    run_net(net, x[..., ext[0] : ext[1], ext[2] : ext[3]])
                 for (name, cls), (wk, b) in weights.items():
                     _place_map(maps[name, cls], weighted_map(acts[name], wk, b), core, ext)
                 step()
