@@ -30,3 +30,42 @@ def image():
     img = rng.random((48, 40)).astype(np.float32)
     img[10:25, 8:30] += 1.5  # a bright blob so several classes get predicted
     return img / img.max()
+
+
+class Exploit:
+    """Unpickling this runs a shell command: a checkpoint that would run code if loaded unsafely."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def hostile_checkpoints(folder):
+    """name -> path of every kind of bad checkpoint a user might point the plugin at."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    sd = dict(tiny_unet(width=4).state_dict())
+    evil = dict(sd, payload=Exploit(folder / "pwned"))
+    torch.save(evil, folder / "evil.pth")
+    files["code-running pickle"] = folder / "evil.pth"
+    (folder / "random.pth").write_bytes(os.urandom(2048))
+    files["random bytes"] = folder / "random.pth"
+    torch.save(sd, folder / "full.pth")
+    data = (folder / "full.pth").read_bytes()
+    (folder / "truncated.pth").write_bytes(data[: len(data) // 3])
+    files["truncated"] = folder / "truncated.pth"
+    (folder / "empty.pth").write_bytes(b"")
+    files["empty"] = folder / "empty.pth"
+    (folder / "a_directory.pth").mkdir(exist_ok=True)
+    files["directory"] = folder / "a_directory.pth"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU()).state_dict(), folder / "other.pth")
+    files["another network"] = folder / "other.pth"
+    torch.save(dict(sd, mask_values=[0, 255]), folder / "mask_values.pth")
+    files["mismatched mask_values"] = folder / "mask_values.pth"
+    return files

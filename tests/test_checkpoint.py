@@ -1,23 +1,15 @@
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from napari_unet_gradcam import CheckpointError, load_model, save_checkpoint
 from napari_unet_gradcam.checkpoint import default_model_path
 
-from .conftest import tiny_unet
-
-
-class _Exploit:
-    """Unpickling this calls os.system: a file that would run code when loaded unsafely."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from .conftest import Exploit as _Exploit
+from .conftest import hostile_checkpoints, tiny_unet
 
 
 def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
@@ -133,3 +125,22 @@ def test_device_auto_and_explicit(tmp_path):
     auto = load_model(path)  # auto: CUDA, then MPS, then CPU
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert next(auto.parameters()).device.type == expected
+
+
+def test_every_hostile_checkpoint_gets_a_checkpoint_error(tmp_path):
+    for kind, path in hostile_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            load_model(path)
+        assert path.name in str(info.value), kind
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_many_random_files_all_get_a_checkpoint_error(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        path = tmp_path / f"r{i}.pth"
+        size = int(rng.integers(1, 5000))
+        head = [b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x04\x95"][i % 4]  # zip and pickle magic too
+        path.write_bytes(head + rng.bytes(size))
+        with pytest.raises(CheckpointError, match=path.name):
+            load_model(path)

@@ -129,3 +129,13 @@ def test_demo_runs_on_bundled_model(tmp_path):
     assert (tmp_path / "demo" / "synthetic_nuclei_contact_sheet.png").exists()
     inst = tifffile.imread(tmp_path / "demo" / "synthetic_nuclei_instances.tif")
     assert inst.shape == labels.shape and inst.max() > 20 and "objects" in r.stdout
+
+
+def test_hostile_checkpoints_in_the_cli(files, tmp_path):
+    from .conftest import hostile_checkpoints
+
+    for kind, path in hostile_checkpoints(tmp_path / "bad").items():
+        r = cli("explain", files / "flat.tif", "--model", path, "--out", tmp_path / "o")
+        assert r.returncode != 0 and "Traceback" not in r.stderr, kind
+        assert r.stderr.count("error:") == 1 and path.name in r.stderr, (kind, r.stderr)
+    assert not (tmp_path / "bad" / "pwned").exists()

@@ -93,3 +93,31 @@ def test_viewer_closed_mid_run(make_napari_viewer, qtbot, checkpoint):
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
     assert widget._closed and widget._cancel.is_set()
     assert worker is not None
+
+
+def test_hostile_checkpoints_are_refused_in_the_widget(make_napari_viewer, qtbot, tmp_path):
+    from .conftest import hostile_checkpoints
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)), name="img")
+    widget = open_widget(viewer)
+    widget.model.value = "checkpoint file"
+    files = hostile_checkpoints(tmp_path / "bad")
+    for kind, path in files.items():
+        widget.checkpoint.value = path
+        assert widget._model is None, kind
+        assert path.name in widget.status.value, (kind, widget.status.value)
+        widget.run()
+        assert widget._worker is None and [ly.name for ly in viewer.layers] == ["img"], kind
+    assert not (tmp_path / "bad" / "pwned").exists()
+
+
+def test_four_channel_model_on_one_channel_image(make_napari_viewer, qtbot, tmp_path):
+    path = save_checkpoint(tiny_unet(n_channels=4, width=4), tmp_path / "four.pth")
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)), name="img")
+    widget = open_widget(viewer)
+    use_checkpoint(widget, path)
+    run_and_wait(qtbot, widget)
+    assert "1 channel(s)" in widget.status.value and "expects 4" in widget.status.value
+    assert [ly.name for ly in viewer.layers] == ["img"] and widget.run_btn.enabled

@@ -173,26 +173,29 @@ def _run(
             tgt = target
             if isinstance(target, np.ndarray):
                 tgt = torch.from_numpy(_pad_mask(target[s : s + bs], hp, wp)).to(device)
+            part = {k: v[s : s + bs] for k, v in maps.items()}
             if tile is None:
                 logits, raw = explain_tensor(net, x, list(modules), classes, method, tgt)
-                up = {
-                    k: F.interpolate(m[:, None], size=(hp, wp), mode="bilinear", align_corners=False)[:, 0]
-                    for k, m in raw.items()
-                }
+                probs[s : s + bs] = probabilities_from_logits(logits)[..., :h, :w].cpu().numpy()
+                for k, m in raw.items():
+                    up = F.interpolate(m[:, None], size=(hp, wp), mode="bilinear", align_corners=False)[:, 0]
+                    part[k][...] = up[..., :h, :w].cpu().numpy()
                 step(x.shape[0])
             else:
-                logits, up = explain_tiled(net, x, modules, classes, method, tgt, tile, halo, step)
-            if not torch.isfinite(logits).all() or not all(torch.isfinite(m).all() for m in up.values()):
-                lo, hi = float(prep.batch.min()), float(prep.batch.max())
-                raise InputError(
-                    f"The network produced non-finite values: after preprocessing ({prep.preprocess['mode']}) the "
-                    f"image spans {lo:.3g} to {hi:.3g}, far outside what the model expects. "
-                    "Use preprocess='percentile' or rescale the image."
-                )
-            probs[s : s + bs] = probabilities_from_logits(logits)[..., :h, :w].cpu().numpy()
-            for k, m in up.items():
-                maps[k][s : s + bs] = m[..., :h, :w].cpu().numpy()
+                explain_tiled(net, x, modules, classes, method, tgt, tile, halo, step, probs[s : s + bs], part)
+            _check_finite(prep, probs[s : s + bs], part)
     return probs, maps, tile
+
+
+def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:
+    if np.isfinite(probs).all() and all(np.isfinite(m).all() for m in maps.values()):
+        return
+    lo, hi = float(prep.batch.min()), float(prep.batch.max())
+    raise InputError(
+        f"The network produced non-finite values: after preprocessing ({prep.preprocess['mode']}) the "
+        f"image spans {lo:.3g} to {hi:.3g}, far outside what the model expects. "
+        "Use preprocess='percentile' or rescale the image."
+    )
 
 
 def _finish_shape(prep: Prepared, arr: np.ndarray, nearest: bool = False) -> np.ndarray:

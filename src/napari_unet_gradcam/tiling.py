@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import forward_and_gradients, hooked, labels_from_logits, run_net
+from .engine import forward_and_gradients, hooked, labels_from_logits, probabilities_from_logits, run_net
 from .methods import Method, weighted_map
 from .model import DOWNSAMPLING
 
@@ -38,7 +39,7 @@ def round_tile(tile: int) -> int:
     return max(DOWNSAMPLING, int(tile) // DOWNSAMPLING * DOWNSAMPLING)
 
 
-def _core_in(t: torch.Tensor, core: Box, ext: Box, full: tuple[int, int]) -> torch.Tensor:
+def _core_in(t: torch.Tensor, core: Box, ext: Box) -> torch.Tensor:
     """The core of a tile's tensor, on that tensor's own grid (a layer may be coarser than the input)."""
     sy = (ext[1] - ext[0]) // t.shape[-2]
     sx = (ext[3] - ext[2]) // t.shape[-1]
@@ -47,11 +48,17 @@ def _core_in(t: torch.Tensor, core: Box, ext: Box, full: tuple[int, int]) -> tor
     ]
 
 
-def _place_map(out: torch.Tensor, m: torch.Tensor, core: Box, ext: Box) -> None:
-    up = F.interpolate(m[:, None], size=(ext[1] - ext[0], ext[3] - ext[2]), mode="bilinear", align_corners=False)
-    out[:, core[0] : core[1], core[2] : core[3]] = up[
-        :, 0, core[0] - ext[0] : core[1] - ext[0], core[2] - ext[2] : core[3] - ext[2]
-    ]
+def _place(out: np.ndarray, m: torch.Tensor, core: Box, ext: Box, upsample: bool = True) -> None:
+    """Write a tile's core into ``out`` (the unpadded result), upsampling a layer map first."""
+    if upsample:
+        m = F.interpolate(m[:, None], size=(ext[1] - ext[0], ext[3] - ext[2]), mode="bilinear", align_corners=False)[
+            :, 0
+        ]
+    y1, x1 = min(core[1], out.shape[-2]), min(core[3], out.shape[-1])
+    if y1 <= core[0] or x1 <= core[2]:
+        return  # a core made only of padding
+    part = m[..., core[0] - ext[0] : y1 - ext[0], core[2] - ext[2] : x1 - ext[2]]
+    out[..., core[0] : y1, core[2] : x1] = part.cpu().numpy()
 
 
 def _add(acc: dict, key, stats: Mapping[str, torch.Tensor]) -> None:
@@ -70,36 +77,39 @@ def explain_tiled(
     tile: int,
     halo: int,
     step: Callable[[], None],
-) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
-    """Logits (B, K, H, W) and maps (B, H, W) at input resolution for an already padded batch ``x``."""
+    probs_out: np.ndarray,
+    maps_out: Mapping[tuple[str, int], np.ndarray],
+) -> None:
+    """Fill ``probs_out`` (B, K, h, w) and ``maps_out`` (B, h, w) for a padded batch ``x``.
+
+    Results go straight into the caller's (unpadded) arrays, tile by tile, so the working memory
+    is a few tiles' worth whatever the image size.
+    """
     h, w = x.shape[-2:]
     boxes = list(tile_boxes(h, w, tile, halo))
-    logits_full: torch.Tensor | None = None
+    labels = torch.zeros(x.shape[0], h, w, dtype=torch.int16, device=x.device)
     astats: dict = {}
     counts: dict[str, int] = {}
     with torch.no_grad():
         for core, ext in boxes:
             xt = x[..., ext[0] : ext[1], ext[2] : ext[3]]
             with hooked(net, modules, track=False) as acts:
-                logits = run_net(net, xt)
-            if logits_full is None:
-                logits_full = logits.new_zeros(*logits.shape[:2], h, w)
-            logits_full[..., core[0] : core[1], core[2] : core[3]] = _core_in(logits, core, ext, (h, w))
+                logits = _core_in(run_net(net, xt), core, ext)
+            labels[:, core[0] : core[1], core[2] : core[3]] = labels_from_logits(logits).to(torch.int16)
+            _place(probs_out, probabilities_from_logits(logits), core, core, upsample=False)
             for name, a in acts.items():
-                a_core = _core_in(a, core, ext, (h, w))
+                a_core = _core_in(a, core, ext)
                 counts[name] = counts.get(name, 0) + a_core.shape[-2] * a_core.shape[-1]
                 if method.act_stats:
                     _add(astats, name, method.act_stats(a_core))
             step()
-    labels = labels_from_logits(logits_full)
-    maps = {(n, c): x.new_zeros(x.shape[0], h, w) for n in modules for c in classes}
 
     def region_for(ext: Box):
         def region(logits: torch.Tensor, cls: int) -> torch.Tensor:
             if target == "predicted":
                 return labels[:, ext[0] : ext[1], ext[2] : ext[3]] == cls
             if target == "image":
-                return torch.ones_like(labels[:, ext[0] : ext[1], ext[2] : ext[3]], dtype=torch.bool)
+                return torch.ones(logits.shape[0], *logits.shape[2:], dtype=torch.bool, device=logits.device)
             return target[:, ext[0] : ext[1], ext[2] : ext[3]]
 
         return region
@@ -112,9 +122,9 @@ def explain_tiled(
             for (name, cls), g in grads.items():
                 a = acts[name]
                 if method.local is not None:
-                    _place_map(maps[name, cls], method.local(a, g), core, ext)
+                    _place(maps_out[name, cls], method.local(a, g), core, ext)
                 else:
-                    a_core, g_core = _core_in(a, core, ext, (h, w)), _core_in(g, core, ext, (h, w))
+                    a_core, g_core = _core_in(a, core, ext), _core_in(g, core, ext)
                     _add(gstats, (name, cls), method.grad_stats(a_core, g_core, astats.get(name, {})))
             step()
     if method.local is None and modules and classes:
@@ -128,9 +138,8 @@ def explain_tiled(
                 with hooked(net, modules, track=False) as acts:
                     run_net(net, x[..., ext[0] : ext[1], ext[2] : ext[3]])
                 for (name, cls), (wk, b) in weights.items():
-                    _place_map(maps[name, cls], weighted_map(acts[name], wk, b), core, ext)
+                    _place(maps_out[name, cls], weighted_map(acts[name], wk, b), core, ext)
                 step()
-    return logits_full, maps
 
 
 def n_passes(method: Method, explaining: bool) -> int:

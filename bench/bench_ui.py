@@ -1,0 +1,88 @@
+"""The longest Qt event-loop stall while the widget runs, against a run that blocks the UI.
+
+A QTimer asks to fire every 5 ms; the largest gap between two firings is how long the UI froze.
+
+    QT_QPA_PLATFORM=xcb xvfb-run -a .venv/bin/python bench/bench_ui.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import napari
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+from napari_unet_gradcam import explain, load_model
+from napari_unet_gradcam.synthetic import nuclei_2d, nuclei_3d
+
+
+class StallMeter:
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.gaps: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(5)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.gaps.append(now - self.last)
+        self.last = now
+
+    def start(self):
+        self.gaps.clear()
+        self.last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> tuple[float, float]:
+        self.timer.stop()
+        return max(self.gaps) * 1000, float(np.percentile(self.gaps, 99)) * 1000
+
+
+def pump(seconds: float):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+
+
+def main() -> None:
+    viewer = napari.Viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-gradcam", "UNet Grad-CAM")
+    meter = StallMeter()
+    rows = []
+    for name, data in (
+        ("2-D 512x512", nuclei_2d(7)),
+        ("3-D 16x256x256", nuclei_3d(11)),
+        ("2-D 2048x2048", np.tile(nuclei_2d(7), (4, 4))),
+    ):
+        layer = viewer.add_image(data, name=name)
+        viewer.layers.selection.active = layer
+        pump(0.5)
+        meter.start()
+        t = time.perf_counter()
+        widget.run()
+        while widget._worker is not None:
+            QApplication.processEvents()
+            time.sleep(0.001)
+        pump(0.3)  # layer building happens here, on the main thread
+        worst, p99 = meter.stop()
+        rows.append((name, "widget (thread_worker)", time.perf_counter() - t, worst, p99))
+        net = load_model(device="cpu")
+        meter.start()
+        t = time.perf_counter()
+        QTimer.singleShot(0, lambda d=data: explain(d, net))  # the naive way: on the UI thread
+        pump(0.2)
+        while time.perf_counter() - t < 0.5:
+            QApplication.processEvents()
+        worst_b, p99_b = meter.stop()
+        rows.append((name, "blocking call on the UI thread", time.perf_counter() - t, worst_b, p99_b))
+    print("| image | how | wall s | longest stall ms | 99th percentile gap ms |\n| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.0f} | {r[4]:.0f} |")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
