@@ -72,7 +72,7 @@ def main() -> None:
         net = load_model(device="cpu")
         meter.start()
         t = time.perf_counter()
-        QTimer.singleShot(0, lambda d=data: explain(d, net))  # the naive way: on the UI thread
+        QTimer.singleShot(0, lambda d=data, n=net: explain(d, n))  # the naive way: on the UI thread
         pump(0.2)
         while time.perf_counter() - t < 0.5:
             QApplication.processEvents()

@@ -14,7 +14,7 @@ SMALL = {"n_train": 6, "n_val": 2, "batch": 2, "patch": 64, "width": 4}
 
 def test_same_seed_same_weights(tmp_path):
     a = train(tmp_path / "a.pth", steps=6, seed=3, log=None, **SMALL)
-    b = train(tmp_path / "b.pth", steps=6, seed=3, log=None, **SMALL)
+    train(tmp_path / "b.pth", steps=6, seed=3, log=None, **SMALL)
     sa, sb = torch.load(tmp_path / "a.pth", weights_only=True), torch.load(tmp_path / "b.pth", weights_only=True)
     for k, v in sa["state_dict"].items():
         assert torch.equal(v, sb["state_dict"][k]), k
