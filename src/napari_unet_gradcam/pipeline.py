@@ -22,7 +22,7 @@ from .engine import (
     resolve_modules,
 )
 from .errors import Cancelled, InputError
-from .image import Prepared, pad_for_network, prepare, resize_stack
+from .image import Prepared, pad_for_network, padded_size, prepare, resize_stack
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import normalize_maps
@@ -130,13 +130,13 @@ def _run(
     batch_size: int | None,
     progress: ProgressCallback | None,
     cancel,
-) -> tuple[np.ndarray, np.ndarray, dict[tuple[str, int], np.ndarray], int | None]:
-    """Logits-derived probabilities (N, K, h, w) and maps (N, h, w) on the model's unpadded grid."""
+) -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray], int | None]:
+    """Probabilities (N, K, h, w), maps (N, h, w) on the model's unpadded grid, and the tile used."""
     device = next(net.parameters()).device
     modules = resolve_modules(net, layers)
     explaining = bool(modules) and bool(classes)
     n, _, h, w = prep.batch.shape
-    hp, wp = pad_for_network(prep.batch[:1, :1]).shape[-2:]
+    hp, wp = padded_size(h, w)
     width = int(getattr(net, "width", 64))
     budget = available_bytes(device)
     if tile_size is None:
@@ -147,12 +147,10 @@ def _run(
             tile = None
     if tile is None:
         bs = batch_size or auto_batch(hp, wp, width, explaining, budget)
-        steps_per_slice, passes = 1, 1
+        steps_per_slice = 1
     else:
         bs = 1
-        n_tiles = -(-hp // tile) * -(-wp // tile)
-        passes = n_passes(method, explaining)
-        steps_per_slice = n_tiles * passes
+        steps_per_slice = -(-hp // tile) * -(-wp // tile) * n_passes(method, explaining)
     total, done = n * steps_per_slice, 0
 
     def step(count: int = 1) -> None:
