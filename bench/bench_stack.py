@@ -20,7 +20,8 @@ def main() -> None:
     net = load_model(device="cpu")
     stack = nuclei_3d(11, (32, 256, 256))
     runs = {
-        "batched (auto batch size)": lambda: explain(stack, net),
+        "auto batch size (1 on CPU, up to 16 on GPU)": lambda: explain(stack, net),
+        "batch of 16": lambda: explain(stack, net, batch_size=16),
         "batch of 4": lambda: explain(stack, net, batch_size=4),
         "one slice at a time": lambda: explain(stack, net, batch_size=1),
     }

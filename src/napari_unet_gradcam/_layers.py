@@ -7,6 +7,7 @@ and :func:`apply_layers` puts them into a viewer, replacing the plugin's own ear
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,16 +150,21 @@ def _ours(layer, source_id: str) -> dict | None:
 
 
 def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
-    """Add or update the run's layers; earlier maps of the same source are replaced, never piled up.
+    """Add or update the run's layers at once (see :func:`iter_apply_layers`)."""
+    return list(iter_apply_layers(viewer, snap, tuples))
 
-    A labels layer of ours that the user has edited since we made it is left alone and a new one
-    is added beside it.
+
+def iter_apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> Iterator:
+    """Add or update the run's layers one at a time, yielding each.
+
+    napari takes ~0.1 s to add a layer, so the widget adds one per event-loop turn and the UI
+    never freezes for the whole set. Earlier maps of the same source are replaced, never piled
+    up; a labels layer of ours that the user has edited is left alone and a new one is added.
     """
     from napari.utils.colormaps import DirectLabelColormap
 
     existing = {layer.name: layer for layer in viewer.layers if _ours(layer, snap.source_id)}
     kept = set()
-    made = []
     for data, kw, kind in tuples:
         kw = dict(kw)
         contour = kw.pop("_contour", 0)
@@ -178,7 +184,7 @@ def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
             else:
                 old.contour = contour
             kept.add(old.name)
-            made.append(old)
+            yield old
             continue
         if old is not None and kind == "labels":
             kw["name"] = kw["name"] + " (new)"
@@ -188,9 +194,8 @@ def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
         else:
             layer = viewer.add_image(data, **kw)
         kept.add(layer.name)
-        made.append(layer)
+        yield layer
     for name, layer in existing.items():
         stale = name not in kept and layer.metadata[MARK].get("kind") in ("heatmap", "stack")
         if stale and layer in viewer.layers:
             viewer.layers.remove(layer)
-    return made

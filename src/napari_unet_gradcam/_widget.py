@@ -17,9 +17,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pro
 from napari.qt.threading import thread_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
-from ._layers import Snapshot, apply_layers, build_layers
+from ._layers import Snapshot, build_layers, iter_apply_layers
 from ._models import describe, get_model
 from .errors import Cancelled, UnetGradcamError
 from .methods import METHODS
@@ -64,6 +64,7 @@ class GradCamWidget(Container):
         self._model = None
         self._model_error: str | None = None
         self._worker = None
+        self._building = False
         self._cancel = threading.Event()
         self._closed = False
         self._progress = None
@@ -81,7 +82,7 @@ class GradCamWidget(Container):
         self.region = ComboBox(label="region layer", choices=self._region_choices, nullable=True, visible=False)
         self.normalize = ComboBox(label="normalise", choices=list(NORMALIZE), value="per map")
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="one layer per map")
-        self.instances = CheckBox(label="instances", text="also split nuclei into instances", value=False)
+        self.instances = CheckBox(text="also split nuclei into instances", value=False)
         self.tile_size = SpinBox(label="tile size (0 = auto)", min=0, max=16384, step=64, value=0)
         self.device = ComboBox(label="device", choices=_devices(), value="auto")
         self.run_btn = PushButton(text="Run")
@@ -324,12 +325,29 @@ class GradCamWidget(Container):
     def _on_done(self, snap: Snapshot, res, t0: float):
         if self._closed:
             return
-        try:
-            made = apply_layers(self.viewer, snap, build_layers(snap, res, stacked=snap.params["stacked"]))
-        except Exception as exc:  # a layer the viewer refuses must not leave the widget stuck
-            log.exception("Adding the result layers failed")
-            self._set_status(f"Could not add the result layers: {exc}", error=True)
-            return
+        self._building = True
+        steps = iter_apply_layers(self.viewer, snap, build_layers(snap, res, stacked=snap.params["stacked"]))
+        made: list = []
+
+        def add_next():
+            if self._closed:
+                self._end_job()
+                return
+            try:
+                made.append(next(steps))
+            except StopIteration:
+                self._finish_layers(snap, res, t0, made)
+                return
+            except Exception as exc:  # a layer the viewer refuses must not leave the widget stuck
+                log.exception("Adding the result layers failed")
+                self._set_status(f"Could not add the result layers: {exc}", error=True)
+                self._end_job()
+                return
+            QTimer.singleShot(0, add_next)
+
+        QTimer.singleShot(0, add_next)
+
+    def _finish_layers(self, snap: Snapshot, res, t0: float, made: list):
         n_maps = len(res.cams)
         gone = "" if any(layer.name == snap.name for layer in self.viewer.layers) else " (source layer was removed)"
         dev = next(self._model.parameters()).device if self._model is not None else "?"
@@ -341,6 +359,7 @@ class GradCamWidget(Container):
             self.viewer.layers.selection.active = first
         for note in res.metadata.get("notes", []):
             show_warning(note)
+        self._end_job()
 
     def _on_error(self, exc: Exception):
         if self._closed:
@@ -355,10 +374,18 @@ class GradCamWidget(Container):
             self._set_status(f"The run failed: {type(exc).__name__}: {exc}", error=True)
 
     def _on_finished(self):
-        self._worker = None
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        if not self._closed:
+            self.cancel_btn.enabled = False  # nothing left to cancel while layers are being added
+        if not self._building:
+            self._end_job()
+
+    def _end_job(self):
+        """The job is over once its layers are in the viewer (or it failed): Run is free again."""
+        self._worker = None
+        self._building = False
         if not self._closed:
             self.run_btn.enabled = True
             self.cancel_btn.enabled = False

@@ -146,7 +146,9 @@ def _run(
         if tile >= hp and tile >= wp:
             tile = None
     if tile is None:
-        bs = batch_size or auto_batch(hp, wp, width, explaining, budget)
+        # On a CPU one slice at a time is fastest (bench/bench_stack.py); a GPU wants batches.
+        cap = 1 if device.type == "cpu" else 16
+        bs = batch_size or auto_batch(hp, wp, width, explaining, budget, cap=cap)
         steps_per_slice = 1
     else:
         bs = 1
