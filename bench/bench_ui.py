@@ -75,7 +75,7 @@ def main() -> None:
         t = time.perf_counter()
         done = []
         # The naive way: explain() called on the UI thread, from an event, as a button would.
-        QTimer.singleShot(0, lambda d=data, n=net: done.append(explain(d, n)))
+        QTimer.singleShot(0, lambda d=data, n=net, out=done: out.append(explain(d, n)))
         while not done:
             QApplication.processEvents()
         pump(0.2)
