@@ -26,7 +26,7 @@ from .image import Prepared, pad_for_network, padded_size, prepare, resize_stack
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import normalize_maps
-from .resources import auto_batch, auto_tile, available_bytes
+from .resources import auto_batch, auto_tile, available_bytes, system_available_bytes
 from .tiling import explain_tiled, n_passes, round_tile
 
 ProgressCallback = Callable[[int, int], None]
@@ -165,6 +165,7 @@ def _run(
 
     if _is_cancelled(cancel):
         raise Cancelled("The run was cancelled before it started.")
+    _check_result_size(prep, n_outputs(net) + len(modules) * len(classes))
     probs = np.empty((n, n_outputs(net), h, w), np.float32)
     maps = {(ly, c): np.empty((n, h, w), np.float32) for ly in modules for c in classes}
     with model_lock(net), eval_mode(net):
@@ -185,6 +186,20 @@ def _run(
                 explain_tiled(net, x, modules, classes, method, tgt, tile, halo, step, probs[s : s + bs], part)
             _check_finite(prep, probs[s : s + bs], part)
     return probs, maps, tile
+
+
+def _check_result_size(prep: Prepared, n_arrays: int) -> None:
+    """Refuse, before allocating, a run whose results alone would not fit in memory."""
+    n, _, h, w = prep.batch.shape
+    H, W = prep.spatial_shape
+    need = 4 * n * (h * w + H * W) * n_arrays + 4 * n * H * W
+    free = system_available_bytes()
+    if need > 0.8 * free:
+        raise InputError(
+            f"The results would need {need / 2**30:.1f} GiB ({n_arrays - 1 if n_arrays > 1 else 0} maps and "
+            f"probabilities for {n} slice(s) of {H}x{W}), but only {free / 2**30:.1f} GiB is free. Explain fewer "
+            "layers or classes, a crop or fewer slices, or pass scale < 1."
+        )
 
 
 def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:

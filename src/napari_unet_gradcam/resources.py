@@ -20,21 +20,7 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = 4 << 30
-    return int(min(avail * 0.4, CPU_BUDGET_CAP))
+    return int(min(_meminfo_available() * 0.4, CPU_BUDGET_CAP))
 
 
 def bytes_per_pixel(width: int, explaining: bool) -> int:
@@ -53,3 +39,22 @@ def auto_tile(h: int, w: int, width: int, explaining: bool, budget: int, halo: i
 
 def auto_batch(h: int, w: int, width: int, explaining: bool, budget: int, cap: int = 16) -> int:
     return int(max(1, min(cap, budget // max(1, h * w * bytes_per_pixel(width, explaining)))))
+
+
+def system_available_bytes() -> int:
+    """Free RAM: the results live there whatever the device."""
+    return _meminfo_available()
+
+
+def _meminfo_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
