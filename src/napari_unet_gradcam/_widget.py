@@ -18,6 +18,7 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QSizePolicy
 
 from ._layers import Snapshot, build_layers, iter_apply_layers
 from ._models import describe, get_model
@@ -93,6 +94,10 @@ class GradCamWidget(Container):
         self.native.setMaximumWidth(460)
         self.model_info.native.setWordWrap(True)
         self.status.native.setWordWrap(True)
+        for label in (self.model_info, self.status):
+            label.native.setMinimumWidth(260)
+            label.native.setMinimumHeight(36)
+            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.MinimumExpanding)
         self.layers.native.setMaximumHeight(110)
         self.classes.native.setMaximumHeight(80)
         self.extend(
