@@ -28,6 +28,7 @@ def test_sample_data_is_deterministic():
     from napari_unet_gradcam._sample_data import nuclei_2d_sample, nuclei_3d_sample
 
     (a, meta, kind), (b, _, _) = nuclei_2d_sample()[0], nuclei_2d_sample()[0]
+    assert meta["name"] == "nuclei 2D"
     assert kind == "image" and a.shape == (512, 512) and (a == b).all()
     stack = nuclei_3d_sample()[0][0]
     assert stack.ndim == 3 and stack.shape[0] == 16
