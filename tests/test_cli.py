@@ -139,3 +139,20 @@ def test_hostile_checkpoints_in_the_cli(files, tmp_path):
         assert r.returncode != 0 and "Traceback" not in r.stderr, kind
         assert r.stderr.count("error:") == 1 and path.name in r.stderr, (kind, r.stderr)
     assert not (tmp_path / "bad" / "pwned").exists()
+
+
+def test_train_subcommand_on_user_folders(tmp_path):
+    from napari_unet_gradcam.synthetic import generate
+
+    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+    imgs.mkdir()
+    masks.mkdir()
+    for i in range(3):
+        s = generate(200 + i, (80, 80))
+        tifffile.imwrite(imgs / f"n{i}.tif", s.image)
+        tifffile.imwrite(masks / f"n{i}.tif", s.classes)
+    r = cli("train", tmp_path / "m.pth", "--images", imgs, "--masks", masks, "--steps", "2", "--width", "4")
+    assert r.returncode == 0, r.stderr
+    assert "Saved" in r.stdout and (tmp_path / "m.pth").exists()
+    r = cli("train", tmp_path / "x.pth", "--images", imgs)
+    assert r.returncode == 2 and "--masks" in r.stderr and "Traceback" not in r.stderr

@@ -100,10 +100,6 @@ class Method:
     grad_stats: Callable[[torch.Tensor, torch.Tensor, Stats], Stats] | None = None
     weights: Callable | None = None
 
-    @property
-    def class_specific(self) -> bool:
-        return self.needs_gradients
-
     def __call__(self, A: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
         """The map of one tile or image, all statistics taken over it alone."""
         if self.local is not None:

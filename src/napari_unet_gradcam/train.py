@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -199,18 +199,3 @@ def train(
     }
     save_checkpoint(net, out, mask_values=mask_values, class_names=class_names, preprocess=PREPROCESS, training=record)
     return record
-
-
-def main_train(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - thin wrapper
-    import argparse
-
-    p = argparse.ArgumentParser()
-    p.add_argument("out")
-    p.add_argument("--steps", type=int)
-    a = p.parse_args(argv)
-    train(a.out, steps=a.steps, threads=2)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main_train())
