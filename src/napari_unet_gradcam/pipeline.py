@@ -25,6 +25,7 @@ from .errors import Cancelled, InputError
 from .image import Prepared, pad_for_network, padded_size, prepare, resize_stack
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
+from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps
 from .resources import auto_batch, auto_tile, available_bytes, system_available_bytes
 from .tiling import explain_tiled, n_passes, round_tile
@@ -294,8 +295,8 @@ def explain(
     layers = tuple(layers)
     m = get_method(method)
     class_idx = _class_indices(net, classes)
-    if normalize not in ("per-map", "shared", "none"):
-        raise InputError(f"Unknown normalize {normalize!r}: choose 'per-map', 'shared' or 'none'.")
+    if normalize not in NORMALIZE_MODES:  # checked before the work, not after it
+        raise InputError(f"Unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZE_MODES)}.")
     resolve_modules(net, layers)
     prep = _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale)
     tgt = _target_mask(target, prep, prep.batch.shape[-2:])
