@@ -151,11 +151,11 @@ def _ours(layer, source_id: str) -> dict | None:
 
 def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
     """Add or update the run's layers at once (see :func:`iter_apply_layers`)."""
-    return list(iter_apply_layers(viewer, snap, tuples))
+    return [layer for layer in iter_apply_layers(viewer, snap, tuples) if layer is not None]
 
 
 def iter_apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> Iterator:
-    """Add or update the run's layers one at a time, yielding each.
+    """Add or update the run's layers one at a time, yielding each (and None between steps).
 
     napari takes ~0.1 s to add a layer, so the widget adds one per event-loop turn and the UI
     never freezes for the whole set. Earlier maps of the same source are replaced, never piled
@@ -190,7 +190,9 @@ def iter_apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> Iterator:
             kw["name"] = kw["name"] + " (new)"
         if kind == "labels":
             layer = viewer.add_labels(data, **kw)
-            layer.contour = contour
+            if contour:
+                yield None  # outlining a large labels layer takes napari a while: its own turn
+                layer.contour = contour
         else:
             layer = viewer.add_image(data, **kw)
         kept.add(layer.name)

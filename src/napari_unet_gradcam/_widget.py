@@ -339,7 +339,9 @@ class GradCamWidget(Container):
                 self._end_job()
                 return
             try:
-                made.append(next(steps))
+                layer = next(steps)
+                if layer is not None:
+                    made.append(layer)
             except StopIteration:
                 self._finish_layers(snap, res, t0, made)
                 return
