@@ -287,7 +287,7 @@ class GradCamWidget(Container):
                 data,
                 net,
                 layers=params["layers"],
-                classes=params["classes"] or None,
+                classes=params["classes"],  # none selected: labels only, like no layers
                 method=params["method"],
                 target=target,
                 normalize=params["normalize"],
