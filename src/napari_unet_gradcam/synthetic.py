@@ -56,7 +56,7 @@ def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
     """One image and its labels; the same seed always gives the same sample."""
     rng = np.random.default_rng(seed)
     h, w = shape
-    radius_mean = rng.uniform(5, 16)  # pixel size varies between microscopes and objectives
+    radius_mean = rng.uniform(5, 24)  # pixel size varies between microscopes and objectives
     density = rng.uniform(0.15, 0.75)  # fraction of the area the nuclei would cover
     n = int(density * h * w / (np.pi * radius_mean**2))
     n_clusters = max(1, int(rng.integers(1, 6)))
@@ -108,6 +108,8 @@ def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
     photons = rng.uniform(15, 400)  # signal to noise varies from dim live imaging to bright fixed cells
     noisy = rng.poisson(clean * photons).astype(np.float32) / photons
     noisy += rng.normal(0, rng.uniform(0.005, 0.04), shape).astype(np.float32)
+    if rng.random() < 0.3:  # oversampled, interpolated or denoised data: the noise itself is smooth
+        noisy = cv2.GaussianBlur(noisy, (0, 0), rng.uniform(0.6, 1.6))
     if rng.random() < 0.5:
         top, dtype = rng.uniform(80, 255), np.uint8
     else:
