@@ -39,7 +39,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pytorch-grad-cam pins torchvision, which would drag in another torch: install it without deps.
 bench: install
+	$(BIN)/python -m pip install -q --no-deps grad-cam ttach
+	$(BIN)/python -m pip install -q captum matplotlib scikit-learn
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -5,6 +5,9 @@ on a noisy shared machine even when absolute times drift. All approaches make th
 the script checks that (Pearson r per map) before it prints timings.
 
     .venv/bin/python bench/bench_speed.py [--size 512] [--rounds 5] [--full-width]
+
+pytorch-grad-cam and captum are benchmark-only: `make bench` installs them (grad-cam with
+--no-deps, see bench/_shims.py); without them those rows are skipped.
 """
 
 from __future__ import annotations
