@@ -282,6 +282,9 @@ class GradCamWidget(Container):
         relay = self._relay
 
         def job():
+            # napari imports pandas on first use of layer features; do it here, not on the UI thread.
+            import pandas  # noqa: F401
+
             data = np.asarray(snap.data)
             res = explain(
                 data,
