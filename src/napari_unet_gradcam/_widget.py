@@ -20,7 +20,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QSizePolicy
 
-from ._layers import Snapshot, build_layers, iter_apply_layers
+from ._layers import MARK, Snapshot, build_layers, iter_apply_layers
 from ._models import describe, get_model
 from .errors import Cancelled, UnetGradcamError
 from .methods import METHODS
@@ -146,7 +146,7 @@ class GradCamWidget(Container):
         from napari.layers import Image
 
         return [
-            (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not self._ours(layer)
+            (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not self._mark(layer)
         ]
 
     def _class_choices(self, _=None):
@@ -157,10 +157,6 @@ class GradCamWidget(Container):
         from napari.layers import Labels, Shapes
 
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, (Labels, Shapes))]
-
-    @staticmethod
-    def _ours(layer) -> bool:
-        return isinstance(layer.metadata, dict) and "unet_gradcam" in layer.metadata
 
     def _reset_layer_choices(self, _=None):
         if self._closed:
@@ -450,7 +446,7 @@ class GradCamWidget(Container):
                 contrast_limits=list(under.contrast_limits) if under is not None else None,
                 scale=h.scale,
                 translate=h.translate,
-                metadata={"unet_gradcam": {"kind": "grid-view"}},
+                metadata={MARK: {"kind": "grid-view"}},
             )
             # napari groups layers into cells by list position: each pair goes on top, map above view.
             layers.move(layers.index(view), len(layers))
@@ -479,5 +475,5 @@ class GradCamWidget(Container):
 
     @staticmethod
     def _mark(layer) -> dict:
-        md = layer.metadata.get("unet_gradcam") if isinstance(layer.metadata, dict) else None
+        md = layer.metadata.get(MARK) if isinstance(layer.metadata, dict) else None
         return md or {}

@@ -100,10 +100,25 @@ def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type not in ("cpu", "cuda"):
         return net(x)
-    params = {
-        k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in net.named_parameters()
-    }
-    return functional_call(net, params, (x.contiguous(memory_format=torch.channels_last),))
+    return functional_call(net, _channels_last_params(net), (x.contiguous(memory_format=torch.channels_last),))
+
+
+_cl_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
+
+
+def _channels_last_params(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight copies, made once and again only when a parameter changed (its storage or version)."""
+    named = list(net.named_parameters())
+    key = tuple((p.data_ptr(), p._version, p.device) for _, p in named)
+    with _locks_guard:
+        cached = _cl_cache.get(net)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        params = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in named}
+    with _locks_guard:
+        _cl_cache[net] = (key, params)
+    return params
 
 
 def n_outputs(net: nn.Module) -> int:

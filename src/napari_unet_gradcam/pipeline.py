@@ -23,6 +23,7 @@ from .engine import (
 )
 from .errors import Cancelled, InputError
 from .image import Prepared, pad_for_network, padded_size, prepare, resize_stack
+from .instances import classes_for_instances, instance_labels
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
@@ -54,7 +55,8 @@ class ExplainResult:
         """
         cached = self.__dict__.get("_instances")
         if cached is None:
-            cached = self.__dict__["_instances"] = instances_of(self)
+            interior, boundary = classes_for_instances(self.metadata["class_names"])
+            cached = self.__dict__["_instances"] = instance_labels(self.labels, interior, boundary)
         return cached
 
 
@@ -336,11 +338,3 @@ def model_identity(net: nn.Module) -> dict:
         "width": int(getattr(net, "width", 64)),
         "bilinear": bool(getattr(net, "bilinear", False)),
     }
-
-
-def instances_of(res: ExplainResult) -> np.ndarray:
-    """Instance labels for a result, using the model's boundary class where it has one."""
-    from .instances import classes_for_instances, instance_labels
-
-    interior, boundary = classes_for_instances(res.metadata["class_names"])
-    return instance_labels(res.labels, interior, boundary)

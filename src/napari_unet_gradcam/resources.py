@@ -20,7 +20,7 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
-    return int(min(_meminfo_available() * 0.4, CPU_BUDGET_CAP))
+    return int(min(system_available_bytes() * 0.4, CPU_BUDGET_CAP))
 
 
 def bytes_per_pixel(width: int, explaining: bool) -> int:
@@ -42,11 +42,7 @@ def auto_batch(h: int, w: int, width: int, explaining: bool, budget: int, cap: i
 
 
 def system_available_bytes() -> int:
-    """Free RAM: the results live there whatever the device."""
-    return _meminfo_available()
-
-
-def _meminfo_available() -> int:
+    """Free RAM (the results live there whatever the device runs the network)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
