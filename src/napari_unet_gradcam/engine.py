@@ -115,7 +115,7 @@ def _channels_last_params(net: nn.Module) -> dict[str, torch.Tensor]:
     if cached is not None and cached[0] == key:
         return cached[1]
     with torch.no_grad():
-        params = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in named}
+        params = {k: (v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v).detach() for k, v in named}
     with _locks_guard:
         _cl_cache[net] = (key, params)
     return params

@@ -1,0 +1,108 @@
+"""A leaner backward pass through the U-Net's double convolutions when only inputs need gradients.
+
+Grad-CAM asks for d(score)/d(activation) with the network frozen (eval mode, no parameter
+gradients). Autograd then still pays for the BatchNorm backward as a separate pass over every
+activation, and at each decoder block it computes the gradient of the whole concatenated
+input, skip-connection half included, only to drop that half. Here each conv-BN-ReLU unit runs
+its forward op for op as the modules do (so labels and logits are bit-identical to
+``predict()``), and its backward is one ReLU mask and one input-gradient convolution whose
+weights carry the BatchNorm scale and only the input channels that need a gradient.
+
+Used only when it is exact: eval mode, grad mode on, no parameter requiring grad (training and
+fine-tuning keep autograd), and no hook on the block or inside it (a hooked submodule must run).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as _module
+
+
+def _global_hooks() -> bool:
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return any(getattr(_module, n, None) for n in names)
+
+
+def _hooked(block: nn.Module) -> bool:
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in block.modules()
+    )
+
+
+def applies(double_conv: nn.Module, *inputs: torch.Tensor) -> bool:
+    """Whether the lean backward gives exactly what autograd would for this call."""
+    if not torch.is_grad_enabled() or double_conv.training:
+        return False
+    if not any(t.requires_grad for t in inputs):
+        return False
+    if any(t is not None and t.requires_grad for t in _tensors(double_conv)):
+        return False
+    return not _hooked(double_conv) and not _global_hooks()
+
+
+def _tensors(double_conv: nn.Module) -> list[torch.Tensor | None]:
+    out = []
+    for m in double_conv.modules():
+        if isinstance(m, nn.Conv2d):
+            out += [m.weight, m.bias]
+        elif isinstance(m, nn.BatchNorm2d):
+            out += [m.weight, m.bias, m.running_mean, m.running_var]
+    return out
+
+
+def _unit_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """nn.Conv2d -> nn.BatchNorm2d (eval) -> nn.ReLU(inplace=True), the same calls the modules make."""
+    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return F.relu(y, inplace=True)
+
+
+class _ConvBnRelu(torch.autograd.Function):
+    """relu(bn(conv(cat(skip, x)))) whose backward returns input gradients only."""
+
+    @staticmethod
+    def forward(ctx, skip, x, conv, bn):
+        inp = x if skip is None else torch.cat([skip, x], dim=1)
+        y = _unit_forward(conv, bn, inp)
+        # In eval mode BatchNorm is a per-channel scale (plus shift), so its backward folds into
+        # the convolution's weights.
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        want_skip = skip is not None and ctx.needs_input_grad[0]
+        first = 0 if (skip is None or want_skip) else skip.shape[1]
+        w = conv.weight[:, first:] * scale[:, None, None, None]
+        if w.device.type in ("cpu", "cuda"):
+            w = w.contiguous(memory_format=torch.channels_last)
+        ctx.save_for_backward(y, w)
+        ctx.conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        ctx.in_shape = (inp.shape[0], inp.shape[1] - first, *inp.shape[2:])
+        ctx.split = None if skip is None else (skip.shape[1] if want_skip else 0)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        g = torch.ops.aten.threshold_backward(grad, y, 0)
+        # An uninitialised input of the gradient's layout: only its shape and strides are read.
+        like = torch.empty(ctx.in_shape, dtype=g.dtype, device=g.device, memory_format=_layout(g))
+        gin = torch.ops.aten.convolution_backward(
+            g, like, w, None, stride, padding, dilation, False, [0, 0], groups, (True, False, False)
+        )[0]
+        if not ctx.split:
+            return None, gin, None, None
+        return gin[:, : ctx.split], gin[:, ctx.split :], None, None
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def double_conv(block: nn.Module, skip: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """A DoubleConv's output for ``cat(skip, x)`` (or ``x``) with the lean backward."""
+    conv1, bn1, _, conv2, bn2, _ = block.double_conv
+    h = _ConvBnRelu.apply(skip, x, conv1, bn1)
+    return _ConvBnRelu.apply(None, h, conv2, bn2)
