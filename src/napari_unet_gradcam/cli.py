@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .allocator import pin_glibc_thresholds
 from .errors import UnetGradcamError
 from .methods import METHODS
 from .model import DECODER_LAYERS
@@ -177,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "classes"):
         args.classes = _classes(args.classes)
     handler = {"demo": _cmd_demo, "explain": _cmd_explain, "train": _cmd_train}[args.command]
+    pin_glibc_thresholds()
     try:
         return handler(args)
     except UnetGradcamError as exc:

@@ -92,32 +92,35 @@ def hooked(net: nn.Module, modules: Mapping[str, nn.Module], track: bool) -> Ite
 
 
 def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net(x)`` with channels-last convolution weights, leaving the module itself untouched.
+    """``net(x)`` with frozen (detached) weights, channels-last where that is fast; the module is untouched.
 
     oneDNN's and cuDNN's channels-last kernels run the U-Net's 3x3 convolutions (forward and
     backward) markedly faster (bench/bench_speed.py); copying the weights costs little next to
-    one pass. Hooks on the module's submodules fire as usual.
+    one pass. Detached weights let the double convolutions take their lean backward
+    (``frozen.py``). Hooks on the module's submodules fire as usual.
     """
-    if x.device.type not in ("cpu", "cuda"):
-        return net(x)
-    return functional_call(net, _channels_last_params(net), (x.contiguous(memory_format=torch.channels_last),))
+    channels_last = x.device.type in ("cpu", "cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return functional_call(net, _frozen_params(net, channels_last), (x,))
 
 
-_cl_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
+_param_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
 
 
-def _channels_last_params(net: nn.Module) -> dict[str, torch.Tensor]:
+def _frozen_params(net: nn.Module, channels_last: bool) -> dict[str, torch.Tensor]:
     """The weight copies, made once and again only when a parameter changed (its storage or version)."""
     named = list(net.named_parameters())
-    key = tuple((p.data_ptr(), p._version, p.device) for _, p in named)
+    key = (channels_last, *((p.data_ptr(), p._version, p.device) for _, p in named))
     with _locks_guard:
-        cached = _cl_cache.get(net)
+        cached = _param_cache.get(net)
     if cached is not None and cached[0] == key:
         return cached[1]
+    fmt = torch.channels_last if channels_last else torch.preserve_format
     with torch.no_grad():
-        params = {k: (v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v).detach() for k, v in named}
+        params = {k: (v.contiguous(memory_format=fmt) if v.ndim == 4 else v).detach() for k, v in named}
     with _locks_guard:
-        _cl_cache[net] = (key, params)
+        _param_cache[net] = (key, params)
     return params
 
 

@@ -63,7 +63,7 @@ class _ConvBnRelu(torch.autograd.Function):
     """relu(bn(conv(cat(skip, x)))) whose backward returns input gradients only."""
 
     @staticmethod
-    def forward(ctx, skip, x, conv, bn):
+    def forward(ctx, skip, x, conv, bn, grad_is_ours):
         inp = x if skip is None else torch.cat([skip, x], dim=1)
         y = _unit_forward(conv, bn, inp)
         # In eval mode BatchNorm is a per-channel scale (plus shift), so its backward folds into
@@ -80,21 +80,27 @@ class _ConvBnRelu(torch.autograd.Function):
         ctx.conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
         ctx.in_shape = (inp.shape[0], inp.shape[1] - first, *inp.shape[2:])
         ctx.split = None if skip is None else (skip.shape[1] if want_skip else 0)
+        ctx.grad_is_ours = grad_is_ours
         return y
 
     @staticmethod
     def backward(ctx, grad):
         y, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv_args
-        g = torch.ops.aten.threshold_backward(grad, y, 0)
+        if ctx.grad_is_ours:
+            # The gradient was made by the next unit's backward for this unit alone: mask it in
+            # place rather than fault in a fresh activation-sized buffer.
+            g = torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
+        else:
+            g = torch.ops.aten.threshold_backward(grad, y, 0)
         # An uninitialised input of the gradient's layout: only its shape and strides are read.
         like = torch.empty(ctx.in_shape, dtype=g.dtype, device=g.device, memory_format=_layout(g))
         gin = torch.ops.aten.convolution_backward(
             g, like, w, None, stride, padding, dilation, False, [0, 0], groups, (True, False, False)
         )[0]
         if not ctx.split:
-            return None, gin, None, None
-        return gin[:, : ctx.split], gin[:, ctx.split :], None, None
+            return None, gin, None, None, None
+        return gin[:, : ctx.split], gin[:, ctx.split :], None, None, None
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
@@ -104,5 +110,6 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
 def double_conv(block: nn.Module, skip: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """A DoubleConv's output for ``cat(skip, x)`` (or ``x``) with the lean backward."""
     conv1, bn1, _, conv2, bn2, _ = block.double_conv
-    h = _ConvBnRelu.apply(skip, x, conv1, bn1)
-    return _ConvBnRelu.apply(None, h, conv2, bn2)
+    # h feeds only conv2, so the gradient reaching conv1's unit is conv2's fresh output.
+    h = _ConvBnRelu.apply(skip, x, conv1, bn1, True)
+    return _ConvBnRelu.apply(None, h, conv2, bn2, False)

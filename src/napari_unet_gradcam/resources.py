@@ -8,11 +8,11 @@ import torch
 
 from .model import DOWNSAMPLING
 
-# Working bytes per input pixel per unit of network width. Explaining (all four decoder layers,
-# three classes) measured 68 on CPU float32 with bench/bench_memory.py; 80 leaves a margin. The
-# forward-only figure is an estimate (no graph is kept), erring high.
+# Working bytes per input pixel per unit of network width, untiled, CPU float32. Explaining (all
+# four decoder layers, three classes) measured 39-43 with bench/bench_memory.py since the lean
+# backward (frozen.py) keeps only each unit's output; forward only, 29. Both leave a margin.
 BYTES_PER_PIXEL_PER_WIDTH_FORWARD = 40
-BYTES_PER_PIXEL_PER_WIDTH_EXPLAIN = 80
+BYTES_PER_PIXEL_PER_WIDTH_EXPLAIN = 52
 CPU_BUDGET_CAP = 6 << 30
 
 
