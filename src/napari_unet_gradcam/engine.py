@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -169,6 +169,9 @@ def target_region(target, logits: torch.Tensor, cls: int) -> torch.Tensor:
     raise InputError(f"Unknown target {target!r}: use 'predicted', 'image', a boolean mask or a (y, x) pixel.")
 
 
+GradientSink = Callable[[int, dict[str, torch.Tensor], dict[str, torch.Tensor]], None]
+
+
 def forward_and_gradients(
     net: nn.Module,
     x: torch.Tensor,
@@ -176,8 +179,14 @@ def forward_and_gradients(
     classes: Sequence[int],
     target,
     with_gradients: bool = True,
+    on_class: GradientSink | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
-    """Logits, hooked activations and, per (layer, class), the gradient of the class score."""
+    """Logits, hooked activations and, per (layer, class), the gradient of the class score.
+
+    With ``on_class``, each class's gradients go to ``on_class(cls, activations, gradients)``
+    as soon as they exist and are not kept: only one class's gradients are alive at a time,
+    so the next class's backward reuses their memory instead of faulting in fresh pages.
+    """
     track = with_gradients and bool(modules) and bool(classes)
     with torch.no_grad(), hooked(net, modules, track) as acts:
         logits = run_net(net, x)
@@ -185,6 +194,7 @@ def forward_and_gradients(
     missing = [n for n in modules if n not in acts]
     if missing:
         raise InputError(f"Layer(s) {', '.join(missing)} did not run in the forward pass; pick decoder layers.")
+    detached = {n: a.detach() for n, a in acts.items()}
     grads: dict[tuple[str, int], torch.Tensor] = {}
     if track:
         inputs = [acts[n] for n in names]
@@ -193,9 +203,14 @@ def forward_and_gradients(
             gs = torch.autograd.grad(
                 logits, inputs, grad_outputs=seed, retain_graph=i < len(classes) - 1, allow_unused=True
             )
-            for n, a, g in zip(names, inputs, gs, strict=True):
-                grads[n, cls] = torch.zeros_like(a) if g is None else g
-    return logits.detach(), {n: a.detach() for n, a in acts.items()}, grads
+            per_layer = {n: torch.zeros_like(a) if g is None else g for n, a, g in zip(names, inputs, gs, strict=True)}
+            del gs, seed
+            if on_class is not None:
+                on_class(cls, detached, per_layer)
+            else:
+                grads.update({(n, cls): g for n, g in per_layer.items()})
+            del per_layer
+    return logits.detach(), detached, grads
 
 
 def explain_tensor(
@@ -208,11 +223,16 @@ def explain_tensor(
 ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """Logits and every (layer, class) map at its layer's resolution, from one forward pass."""
     modules = resolve_modules(net, layers)
-    with model_lock(net), eval_mode(net):
-        logits, acts, grads = forward_and_gradients(net, x, modules, classes, target, method.needs_gradients)
     maps: dict[tuple[str, int], torch.Tensor] = {}
-    for name in modules:
-        shared = None if method.needs_gradients else method(acts[name])
-        for cls in classes:
-            maps[name, cls] = shared if shared is not None else method(acts[name], grads[name, cls])
-    return logits, maps
+
+    def take(cls: int, acts: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+        for name in modules:
+            maps[name, cls] = method(acts[name], grads[name])
+
+    with model_lock(net), eval_mode(net):
+        logits, acts, _ = forward_and_gradients(net, x, modules, classes, target, method.needs_gradients, take)
+    if not method.needs_gradients:
+        for name in modules:
+            shared = method(acts[name])
+            maps.update({(name, cls): shared for cls in classes})
+    return logits, {(n, c): maps[n, c] for n in modules for c in classes}

@@ -118,14 +118,17 @@ def explain_tiled(
     if method.needs_gradients and modules and classes:
         for core, ext in boxes:
             xt = x[..., ext[0] : ext[1], ext[2] : ext[3]]
-            _, acts, grads = forward_and_gradients(net, xt, modules, classes, region_for(ext))
-            for (name, cls), g in grads.items():
-                a = acts[name]
-                if method.local is not None:
-                    _place(maps_out[name, cls], method.local(a, g), core, ext)
-                else:
-                    a_core, g_core = _core_in(a, core, ext), _core_in(g, core, ext)
-                    _add(gstats, (name, cls), method.grad_stats(a_core, g_core, astats.get(name, {})))
+
+            def take(cls: int, acts: dict, grads: dict, core=core, ext=ext) -> None:
+                for name, g in grads.items():
+                    a = acts[name]
+                    if method.local is not None:
+                        _place(maps_out[name, cls], method.local(a, g), core, ext)
+                    else:
+                        a_core, g_core = _core_in(a, core, ext), _core_in(g, core, ext)
+                        _add(gstats, (name, cls), method.grad_stats(a_core, g_core, astats.get(name, {})))
+
+            forward_and_gradients(net, xt, modules, classes, region_for(ext), on_class=take)
             step()
     if method.local is None and modules and classes:
         weights = {
