@@ -9,6 +9,7 @@ HERE = Path(__file__).parent
 SCRIPTS = [
     ["bench_speed.py"],
     ["bench_speed.py", "--full-width", "--size", "256", "--rounds", "2"],
+    ["bench_ratio.py"],
     ["bench_stack.py"],
     ["bench_memory.py"],
     ["bench_soak.py"],

@@ -1,9 +1,9 @@
 """Keep freed activation buffers for reuse in processes this package owns (Linux glibc only).
 
 glibc returns large freed blocks to the kernel by heuristics that depend on the process's
-history, so a run often page-faults every activation and gradient buffer in afresh (16 MiB
+history, so a run often page-faults activation and gradient buffers in afresh (16 MiB
 each for the bundled model on 512x512). Pinning the thresholds removes those faults: predict()
-82 -> 65 ms and explain() 203 -> 146 ms, and the run-to-run spread with them
+79 -> 67 ms and explain() 178 -> 148 ms on repeated runs, and the run-to-run spread with them
 (bench/bench_ratio.py). The price is that up to ``TRIM_THRESHOLD`` of freed memory stays in the
 process for the next run.
 

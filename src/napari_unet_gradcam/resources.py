@@ -9,10 +9,10 @@ import torch
 from .model import DOWNSAMPLING
 
 # Working bytes per input pixel per unit of network width, untiled, CPU float32. Explaining (all
-# four decoder layers, three classes) measured 39-43 with bench/bench_memory.py since the lean
-# backward (frozen.py) keeps only each unit's output; forward only, 29. Both leave a margin.
+# four decoder layers, three classes) measured 32 with bench/bench_memory.py (68 before the lean
+# backward of frozen.py and one class's gradients at a time); forward only, 29. Both leave a margin.
 BYTES_PER_PIXEL_PER_WIDTH_FORWARD = 40
-BYTES_PER_PIXEL_PER_WIDTH_EXPLAIN = 52
+BYTES_PER_PIXEL_PER_WIDTH_EXPLAIN = 40
 CPU_BUDGET_CAP = 6 << 30
 
 
