@@ -85,3 +85,25 @@ def test_no_gradient_wanted_means_no_lean_path(monkeypatch):
     with counting(monkeypatch) as calls, torch.no_grad():
         run_net(net, torch.rand(1, 1, 32, 32))
     assert not calls
+
+
+def test_second_derivatives_match_plain_autograd(monkeypatch):
+    """create_graph=True (e.g. a gradient penalty) differentiates the lean backward itself."""
+    net = tiny_unet(width=4)
+    for p in net.parameters():
+        p.requires_grad_(False)  # frozen, so the lean path runs
+    x0 = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    net = net.double()
+
+    def grad_norm(x):
+        (g,) = torch.autograd.grad(net(x)[:, 1].sum(), x, create_graph=True)
+        return (g**2).sum()
+
+    x = x0.clone().requires_grad_(True)
+    with counting(monkeypatch) as calls:
+        (lean,) = torch.autograd.grad(grad_norm(x), x)
+    assert calls
+    with plain_autograd(net):
+        x = x0.clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(grad_norm(x), x)
+    torch.testing.assert_close(lean, ref)

@@ -87,7 +87,7 @@ class _ConvBnRelu(torch.autograd.Function):
     def backward(ctx, grad):
         y, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv_args
-        if ctx.grad_is_ours:
+        if ctx.grad_is_ours and not torch.is_grad_enabled():  # create_graph keeps it out of place
             # The gradient was made by the next unit's backward for this unit alone: mask it in
             # place rather than fault in a fresh activation-sized buffer.
             g = torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
