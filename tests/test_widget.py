@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_unet_gradcam import save_checkpoint
-from napari_unet_gradcam._widget import GradCamWidget
+from napari_unet_gradcam._widget import GradCamWidget, _grid
 from napari_unet_gradcam.checkpoint import default_model_path
 
 from .conftest import tiny_unet
@@ -196,14 +196,14 @@ def test_bundled_model_one_click(make_napari_viewer, qtbot):
     assert set(np.unique(labels)) >= {0, 1}
     order = [ly.name for ly in viewer.layers]
     widget.toggle_grid()
-    assert viewer.grid.enabled and viewer.grid.stride == -2
+    assert _grid(viewer).enabled and _grid(viewer).stride == -2
     views = [ly for ly in viewer.layers if ly.name.startswith("grid view: ")]
     assert len(views) == 8  # every foreground map (4 layers x 2 classes), each over the image
     top = list(viewer.layers)[::-1]
     assert top[0].name == "nuclei 2D Grad-CAM up1 nucleus" and top[1].name == "grid view: " + top[0].name
     assert all(v.data is viewer.layers["nuclei 2D"].data for v in views)  # no copies
     widget.toggle_grid()
-    assert not viewer.grid.enabled
+    assert not _grid(viewer).enabled
     assert [ly.name for ly in viewer.layers] == order
 
 

@@ -415,7 +415,7 @@ class GradCamWidget(Container):
         The image under each map is an extra view layer sharing the source's array (no copy);
         leaving the grid removes those views and restores what was visible.
         """
-        grid = self.viewer.grid
+        grid = _grid(self.viewer)
         if grid.enabled:
             self._leave_grid()
             return
@@ -468,12 +468,19 @@ class GradCamWidget(Container):
             if ly in layers:
                 ly.visible = vis
         self._grid_restore, self._grid_order = {}, []
-        self.viewer.grid.enabled = False
-        self.viewer.grid.stride = 1
-        self.viewer.grid.shape = (-1, -1)
+        grid = _grid(self.viewer)
+        grid.enabled = False
+        grid.stride = 1
+        grid.shape = (-1, -1)
         self.viewer.reset_view()
 
     @staticmethod
     def _mark(layer) -> dict:
         md = layer.metadata.get(MARK) if isinstance(layer.metadata, dict) else None
         return md or {}
+
+
+def _grid(viewer):
+    """The viewer's grid model: ``viewer.canvas.grid`` from napari 0.9, ``viewer.grid`` before."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid

@@ -84,7 +84,8 @@ def to_channels_first(
                 f"The image has {c} channel(s) but the model expects {n_channels}; "
                 f"choose an image with {n_channels} channel(s) or a model trained for {c}.{hint}"
             )
-    out = arr.astype(np.float32)  # always a copy: the caller's array is never written to
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported just below
+        out = arr.astype(np.float32)  # always a copy: the caller's array is never written to
     if not np.isfinite(out).all():
         bad = ~np.isfinite(out)
         finite = out[~bad]

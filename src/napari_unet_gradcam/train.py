@@ -182,10 +182,10 @@ def train(
         opt.step()
         sched.step()
         if log:
-            _progress_line(step, total, float(loss), t0)
+            _progress_line(step, total, loss.detach().item(), t0)
         if step % epoch_len == 0 or step == total:
             score = validate(net, va_i, va_m)
-            history.append({"step": step, "loss": round(float(loss), 4), **score})
+            history.append({"step": step, "loss": round(loss.detach().item(), 4), **score})
             if log:
                 sys.stderr.write("\n")
                 log(f"epoch {len(history)}: step {step}, validation {score}")
