@@ -33,13 +33,14 @@ def counting(monkeypatch):
 
 @pytest.mark.parametrize("bilinear", [True, False])
 @pytest.mark.parametrize("conv_bias", [False, True])
+@pytest.mark.parametrize("size", [(48, 64), (50, 70)])  # the second makes the decoder pad
 @pytest.mark.parametrize(
     "layers",
     [("up1", "up2", "up3", "up4"), ("down4", "up3"), ("inc", "down2", "up4")],  # skips with and without gradients
 )
-def test_gradients_equal_plain_autograd(monkeypatch, bilinear, conv_bias, layers):
+def test_gradients_equal_plain_autograd(monkeypatch, bilinear, conv_bias, size, layers):
     net = tiny_unet(bilinear=bilinear, conv_bias=conv_bias, width=8)
-    x = torch.rand(2, 1, 48, 64)
+    x = torch.rand(2, 1, *size)
     modules = resolve_modules(net, layers)
     with counting(monkeypatch) as calls:
         logits, _, grads = forward_and_gradients(net, x, modules, [0, 1, 2], "image")
