@@ -38,6 +38,11 @@ NORMALIZE = {"per map": "per-map", "shared across the run": "shared"}
 BUNDLED = "bundled nuclei model"
 
 
+# A zero-delay chain of layer additions ran back to back (two or three ~50 ms additions per
+# event-loop pass, bench/bench_ui.py); a short delay lets paints and input in between.
+LAYER_GAP_MS = 10
+
+
 class _Relay(QObject):
     """Carries progress from the worker thread to the main thread (queued across threads)."""
 
@@ -349,7 +354,7 @@ class GradCamWidget(Container):
                 self._set_status(f"Could not add the result layers: {exc}", error=True)
                 self._end_job()
                 return
-            QTimer.singleShot(0, add_next)
+            QTimer.singleShot(LAYER_GAP_MS, add_next)
 
         QTimer.singleShot(0, add_next)
 
