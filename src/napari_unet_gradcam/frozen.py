@@ -79,7 +79,7 @@ class _ConvBnRelu(torch.autograd.Function):
         ctx.save_for_backward(y, w)
         ctx.conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
         ctx.in_shape = (inp.shape[0], inp.shape[1] - first, *inp.shape[2:])
-        ctx.split = None if skip is None else (skip.shape[1] if want_skip else 0)
+        ctx.split = skip.shape[1] if want_skip else 0  # 0: only x gets a gradient
         ctx.grad_is_ours = grad_is_ours
         return y
 
