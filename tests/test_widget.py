@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from napari_unet_gradcam import save_checkpoint
-from napari_unet_gradcam._widget import GradCamWidget, _grid
+from napari_unet_gradcam._grid import grid_model
+from napari_unet_gradcam._job import RunState
+from napari_unet_gradcam._widget import GradCamWidget
 from napari_unet_gradcam.checkpoint import default_model_path
 
 from .conftest import tiny_unet
@@ -30,10 +32,14 @@ def use_checkpoint(widget, path):
     assert widget.classes.value == list(range(len(widget._model.class_names)))
 
 
+def idle(widget) -> bool:
+    return widget.runner.state is RunState.IDLE
+
+
 def run_and_wait(qtbot, widget, timeout=60000):
     widget.run()
-    assert not widget.run_btn.enabled
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+    assert not widget.run_btn.enabled, widget.status.value
+    qtbot.waitUntil(lambda: idle(widget), timeout=timeout)
 
 
 def test_widget_opens_through_manifest_and_follows_layers(make_napari_viewer):
@@ -107,9 +113,13 @@ def test_painted_labels_survive_a_rerun(make_napari_viewer, qtbot, checkpoint):
     painted = np.asarray(labels.data).copy()
     painted[:10, :10] = (painted[:10, :10] + 1) % 3  # surely different from the prediction
     labels.data = painted
-    run_and_wait(qtbot, widget)
-    np.testing.assert_array_equal(viewer.layers["img labels (UNet)"].data, painted)
-    assert "img labels (UNet) (new)" in [ly.name for ly in viewer.layers]
+    for _ in range(3):  # every later run updates one current result beside the user's layer
+        run_and_wait(qtbot, widget)
+        assert labels in viewer.layers and labels.name == "img labels (UNet)"
+        np.testing.assert_array_equal(labels.data, painted)
+        others = [ly for ly in viewer.layers if "labels" in ly.name and ly is not labels]
+        assert len(others) == 1, [ly.name for ly in viewer.layers]
+        assert not np.array_equal(others[0].data, painted)
 
 
 def test_cancel_mid_run_adds_nothing(make_napari_viewer, qtbot, checkpoint):
@@ -121,7 +131,7 @@ def test_cancel_mid_run_adds_nothing(make_napari_viewer, qtbot, checkpoint):
     widget.run()
     qtbot.waitUntil(lambda: widget.bar.value > 0, timeout=30000)
     widget.cancel()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=30000)
+    qtbot.waitUntil(lambda: idle(widget), timeout=30000)
     assert [ly.name for ly in viewer.layers] == ["stack"]
     assert widget.status.value.startswith("Cancelled") and widget.run_btn.enabled
 
@@ -137,7 +147,7 @@ def test_bad_checkpoint_is_reported_and_widget_stays_usable(make_napari_viewer, 
     assert widget._model is None
     assert "bad.pth" in widget.status.value
     widget.run()
-    assert widget._worker is None and [ly.name for ly in viewer.layers] == ["img"]
+    assert idle(widget) and [ly.name for ly in viewer.layers] == ["img"]
     use_checkpoint(widget, checkpoint)
     run_and_wait(qtbot, widget)
     assert "img labels (UNet)" in [ly.name for ly in viewer.layers]
@@ -175,9 +185,9 @@ def test_region_target_from_shapes(make_napari_viewer, qtbot, checkpoint):
     img = viewer.add_image(np.random.default_rng(0).random((64, 64)), name="img")
     widget = open_widget(viewer)
     use_checkpoint(widget, checkpoint)
-    widget.target.value = "region from layer"
+    widget.target.value = "region or point from layer"
     widget.run()  # no region layer yet: a clear message, no run
-    assert "Labels or Shapes" in widget.status.value and widget._worker is None
+    assert "Labels, Shapes or Points" in widget.status.value and idle(widget)
     viewer.add_shapes([np.array([[10, 10], [10, 30], [30, 30], [30, 10]])], shape_type="polygon", name="roi")
     viewer.layers.selection.active = img
     widget.region.value = viewer.layers["roi"]
@@ -195,16 +205,25 @@ def test_bundled_model_one_click(make_napari_viewer, qtbot):
     labels = viewer.layers["nuclei 2D labels (UNet)"].data
     assert set(np.unique(labels)) >= {0, 1}
     order = [ly.name for ly in viewer.layers]
-    widget.toggle_grid()
-    assert _grid(viewer).enabled and _grid(viewer).stride == -2
-    views = [ly for ly in viewer.layers if ly.name.startswith("grid view: ")]
-    assert len(views) == 8  # every foreground map (4 layers x 2 classes), each over the image
+    visible = {ly.name for ly in viewer.layers if ly.visible}
+    enter_grid(qtbot, widget)
+    assert grid_model(viewer).enabled and grid_model(viewer).stride == -2
+    views = [ly for ly in viewer.layers if ly.metadata.get("unet_gradcam", {}).get("kind") == "grid-view"]
+    assert len(views) == 16  # every foreground map (4 layers x 2 classes), each over the image
     top = list(viewer.layers)[::-1]
-    assert top[0].name == "nuclei 2D Grad-CAM up1 nucleus" and top[1].name == "grid view: " + top[0].name
-    assert all(v.data is viewer.layers["nuclei 2D"].data for v in views)  # no copies
+    assert top[0].name == "up1 / nucleus" and top[1].name == "grid image: up1 / nucleus"
+    assert top[0].data is viewer.layers["nuclei 2D Grad-CAM up1 nucleus"].data  # views, no copies
+    assert top[1].data is viewer.layers["nuclei 2D"].data
+    assert top[0].name_overlay.visible  # the caption in the cell
     widget.toggle_grid()
-    assert not _grid(viewer).enabled
+    assert not grid_model(viewer).enabled
     assert [ly.name for ly in viewer.layers] == order
+    assert {ly.name for ly in viewer.layers if ly.visible} == visible
+
+
+def enter_grid(qtbot, widget):
+    widget.toggle_grid()
+    qtbot.waitUntil(lambda: widget.grid_btn.enabled and widget.grid.active, timeout=30000)
 
 
 def test_devices_offered_match_torch():

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from napari_unet_gradcam import save_checkpoint
+from napari_unet_gradcam._job import RunState
 
 from .conftest import tiny_unet
-from .test_widget import open_widget, run_and_wait, use_checkpoint
+from .test_widget import idle, open_widget, run_and_wait, use_checkpoint
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_source_deleted_mid_run_results_still_land_under_its_name(make_napari_vi
     widget.run()
     qtbot.waitUntil(lambda: widget.bar.value > 0, timeout=30000)
     viewer.layers.remove(layer)
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
+    qtbot.waitUntil(lambda: idle(widget), timeout=120000)
     names = [ly.name for ly in viewer.layers]
     assert "stack labels (UNet)" in names and viewer.layers["stack labels (UNet)"].data.shape == (24, 64, 64)
     assert "source layer was removed" in widget.status.value
@@ -39,11 +40,11 @@ def test_run_pressed_twice_starts_one_job(make_napari_viewer, qtbot, checkpoint)
     viewer, _, widget = slow_setup(make_napari_viewer, checkpoint)
     widget.layers.value = ["up4"]
     widget.run()
-    first = widget._worker
+    first = widget.runner._worker
     widget.run()
     widget.run_btn.native.click()  # disabled: does nothing
-    assert widget._worker is first
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
+    assert widget.runner._worker is first
+    qtbot.waitUntil(lambda: idle(widget), timeout=120000)
     assert len([ly for ly in viewer.layers if ly.name.startswith("stack labels")]) == 1
 
 
@@ -88,11 +89,9 @@ def test_viewer_closed_mid_run(make_napari_viewer, qtbot, checkpoint):
     viewer, _, widget = slow_setup(make_napari_viewer, checkpoint)
     widget.run()
     qtbot.waitUntil(lambda: widget.bar.value > 0, timeout=30000)
-    worker = widget._worker
+    cancel = widget.runner._cancel
     viewer.close()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
-    assert widget._closed and widget._cancel.is_set()
-    assert worker is not None
+    assert widget.runner.state is RunState.CLOSED and cancel.is_set()
 
 
 def test_hostile_checkpoints_are_refused_in_the_widget(make_napari_viewer, qtbot, tmp_path):
@@ -108,7 +107,7 @@ def test_hostile_checkpoints_are_refused_in_the_widget(make_napari_viewer, qtbot
         assert widget._model is None, kind
         assert path.name in widget.status.value, (kind, widget.status.value)
         widget.run()
-        assert widget._worker is None and [ly.name for ly in viewer.layers] == ["img"], kind
+        assert idle(widget) and [ly.name for ly in viewer.layers] == ["img"], kind
     assert not (tmp_path / "bad" / "pwned").exists()
 
 

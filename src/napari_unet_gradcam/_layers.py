@@ -1,13 +1,18 @@
 """Turning an ExplainResult into napari layers placed exactly over their source.
 
-Pure functions of a :class:`Snapshot` and a result: they return ``(data, kwargs, type)`` tuples,
-and :func:`apply_layers` puts them into a viewer, replacing the plugin's own earlier layers.
+:func:`build_layers` is a pure function of a :class:`Snapshot` and a result: it returns
+``(data, kwargs, type)`` tuples, each kwargs carrying a *role* (``labels``, ``instances``,
+``heatmap/up4/1``, ``stack``). :func:`iter_apply_layers` puts them into a viewer, updating the
+current run's layer of the same role in place: napari runs a full garbage collection for every
+removed layer, so a re-run that removed and re-added twelve layers froze the UI for seconds.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +22,7 @@ from .pipeline import ExplainResult
 
 MARK = "unet_gradcam"
 LABEL_COLORS = ["transparent", "#00e5ff", "#ff3df5", "#ffd400", "#7cff4f", "#ff7a1a", "#9b7bff", "#ff4d4d"]
+STACK_AXES = ("decoder layer", "class")
 
 
 @dataclass
@@ -32,33 +38,73 @@ class Snapshot:
     axis_labels: tuple | None = None
     units: tuple | None = None
     params: dict = field(default_factory=dict)
+    # Leading indices of the one slice explained ("current slice only"); () for the whole layer.
+    slice_index: tuple = ()
 
     @classmethod
-    def of(cls, layer, params: dict) -> Snapshot:
+    def of(cls, layer, params: dict, slice_index: tuple = ()) -> Snapshot:
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        scale, translate = tuple(layer.scale), tuple(layer.translate)
+        if slice_index:
+            data = data[slice_index]
+            # The result stays a (1, ..., Y, X) volume placed at the slice, not a 2-D layer shown on every slice.
+            k = len(slice_index)
+            translate = (
+                tuple(t + s * i for t, s, i in zip(translate[:k], scale[:k], slice_index, strict=True))
+                + (translate[k:])
+            )
+            data = np.asarray(data)[(np.newaxis,) * k]
         if isinstance(data, np.ndarray):
             data = data.copy()  # the run must not see edits made while it goes on
         return cls(
             name=layer.name,
-            source_id=str(getattr(layer, "unique_id", id(layer))),
+            source_id=source_id(layer),
             data=data,
             rgb=bool(getattr(layer, "rgb", False)),
-            scale=tuple(layer.scale),
-            translate=tuple(layer.translate),
+            scale=scale,
+            translate=translate,
             axis_labels=tuple(getattr(layer, "axis_labels", ()) or ()) or None,
             units=tuple(str(u) for u in getattr(layer, "units", ()) or ()) or None,
             params=dict(params),
+            slice_index=tuple(slice_index),
         )
+
+
+def source_id(layer) -> str:
+    return str(getattr(layer, "unique_id", id(layer)))
+
+
+def mark(layer) -> dict:
+    """The plugin's provenance on a layer, or {} for anyone else's layer."""
+    md = layer.metadata.get(MARK) if isinstance(layer.metadata, dict) else None
+    return md or {}
 
 
 def data_digest(data: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(data).view(np.uint8), digest_size=16).hexdigest()
 
 
+def is_current(layer, sid: str | None = None) -> bool:
+    """A layer of the latest run that the user has neither kept, renamed nor painted on.
+
+    Only such layers are updated or removed by a later run; anything else is the user's.
+    """
+    m = mark(layer)
+    if not m or m.get("kept") or (sid is not None and m.get("source_id") != sid):
+        return False
+    if layer.name != m.get("name"):
+        return False
+    if m.get("kind") in ("labels", "instances"):
+        return m.get("digest") == data_digest(np.asarray(layer.data))
+    return True
+
+
 def _placement(snap: Snapshot, lead: int = 0) -> dict:
     kw: dict = {"scale": (1.0,) * lead + tuple(snap.scale), "translate": (0.0,) * lead + tuple(snap.translate)}
-    if snap.axis_labels:
-        kw["axis_labels"] = tuple(["decoder layer", "class"][:lead]) + tuple(snap.axis_labels)
+    ndim = len(snap.scale)
+    if snap.axis_labels or lead:
+        own = snap.axis_labels or tuple(f"axis {i - ndim}" for i in range(ndim))
+        kw["axis_labels"] = STACK_AXES[:lead] + tuple(own)
     if snap.units:
         kw["units"] = ("pixel",) * lead + tuple(snap.units)
     return kw
@@ -71,11 +117,13 @@ def _provenance(snap: Snapshot, res: ExplainResult, **extra) -> dict:
             "source": snap.name,
             "source_id": snap.source_id,
             "method": md["method"],
+            "method_title": md["method_title"],
             "target": md["target"],
             "normalize": md["normalize"],
             "model_sha256": md["model"]["sha256"],
             "model_path": md["model"]["path"],
             "version": md["version"],
+            "slice": list(snap.slice_index),
             **extra,
         }
     }
@@ -86,13 +134,18 @@ def label_colormap(n: int) -> dict:
     return {i: LABEL_COLORS[i % len(LABEL_COLORS)] if i else "transparent" for i in range(n)} | {None: "#ffffff"}
 
 
+def first_shown(layers_order: list[str], classes_order: list[int]) -> tuple[str, int]:
+    """The map a reviewer looks at first: the finest layer, the first class that is not background."""
+    return layers_order[-1], next((c for c in classes_order if c != 0), classes_order[0])
+
+
 def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> list[tuple]:
     md = res.metadata
     names = md["class_names"]
     out = []
     labels_kw = {
         "name": f"{snap.name} labels (UNet)",
-        "metadata": _provenance(snap, res, kind="labels", class_names=names),
+        "metadata": _provenance(snap, res, kind="labels", role="labels", class_names=names),
         "features": {"index": list(range(len(names))), "class": names},
         "opacity": 0.8,
         # Outlines keep the image and a heatmap readable under the segmentation.
@@ -103,7 +156,7 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
     if snap.params.get("instances"):
         inst_kw = {
             "name": f"{snap.name} instances (UNet)",
-            "metadata": _provenance(snap, res, kind="instances"),
+            "metadata": _provenance(snap, res, kind="instances", role="instances"),
             "opacity": 0.6,
             **_placement(snap),
         }
@@ -119,23 +172,31 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
     layers_order = list(dict.fromkeys(k[0] for k in keys))
     classes_order = list(dict.fromkeys(k[1] for k in keys))
     common = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "contrast_limits": limits}
+    shown = first_shown(layers_order, classes_order)
     if stacked:
         data = np.stack([np.stack([res.cams[ly, c] for c in classes_order]) for ly in layers_order])
         kw = {
             "name": f"{snap.name} {title} maps",
             "metadata": _provenance(
-                snap, res, kind="stack", layers=layers_order, classes=[names[c] for c in classes_order]
+                snap,
+                res,
+                kind="stack",
+                role="stack",
+                layers=layers_order,
+                classes=[names[c] for c in classes_order],
+                class_indices=classes_order,
+                first=[layers_order.index(shown[0]), classes_order.index(shown[1])],
             ),
             **common,
             **_placement(snap, lead=2),
         }
         return [*out, (data, kw, "image")]
-    # One map visible at first: the finest requested layer for the first class that is not background.
-    shown = (layers_order[-1], next((c for c in classes_order if c != 0), classes_order[0]))
     for ly, c in keys:
         kw = {
             "name": f"{snap.name} {title} {ly} {names[c]}",
-            "metadata": _provenance(snap, res, kind="heatmap", layer=ly, class_index=c, class_name=names[c]),
+            "metadata": _provenance(
+                snap, res, kind="heatmap", role=f"heatmap/{ly}/{c}", layer=ly, class_index=c, class_name=names[c]
+            ),
             "visible": (ly, c) == shown,
             **common,
             **_placement(snap),
@@ -144,9 +205,57 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
     return out
 
 
-def _ours(layer, source_id: str) -> dict | None:
-    mark = layer.metadata.get(MARK) if isinstance(layer.metadata, dict) else None
-    return mark if mark and mark.get("source_id") == source_id else None
+@contextmanager
+def quick_removal(viewer):
+    """Remove layers with one scene-graph update and a collection of young objects only.
+
+    napari's canvas calls ``gc.collect()`` after each removal (a Windows OpenGL workaround); in
+    napari's large object graph a full collection takes 0.2-1 s. Batching makes it one call, and
+    freezing the existing heap for the duration makes that call scan only new objects. The
+    frozen objects are handed back to the collector afterwards, so nothing is kept alive.
+    """
+    gc.freeze()
+    try:
+        batched = getattr(viewer.layers, "batched_update", None)
+        if batched is None:
+            yield
+        else:
+            with batched():
+                yield
+    finally:
+        gc.unfreeze()
+
+
+def remove_layers(viewer, layers: Iterable) -> None:
+    doomed = [ly for ly in layers if ly in viewer.layers]
+    if not doomed:
+        return
+    with quick_removal(viewer):
+        for ly in doomed:
+            viewer.layers.remove(ly)
+
+
+def _update_in_place(old, data, kw: dict, kind: str, contour: int) -> None:
+    old.data = data
+    old.name = kw["name"]
+    if kind == "image":
+        old.contrast_limits = kw["contrast_limits"]
+    else:
+        if "colormap" in kw:
+            old.colormap = kw["colormap"]
+        if "features" in kw:
+            old.features = kw["features"]
+        old.contour = contour
+    old.metadata = kw["metadata"]
+
+
+def _same_frame(old, kind: str, data, kw: dict) -> bool:
+    return (
+        old._type_string == kind
+        and old.ndim == np.ndim(data)
+        and np.allclose(old.scale, kw["scale"])
+        and np.allclose(old.translate, kw["translate"])
+    )
 
 
 def apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> list:
@@ -158,36 +267,30 @@ def iter_apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> Iterator:
     """Add or update the run's layers one at a time, yielding each (and None between steps).
 
     napari takes ~0.1 s to add a layer, so the widget adds one per event-loop turn and the UI
-    never freezes for the whole set. Earlier maps of the same source are replaced, never piled
-    up; a labels layer of ours that the user has edited is left alone and a new one is added.
+    never freezes for the whole set. The current run's layer of the same role is updated in
+    place (data, name, contrast, metadata; the user's visibility choice stays); a layer the user
+    kept, renamed or painted on is theirs and is never touched; a map the new run no longer
+    makes is removed, all in one batch.
     """
     from napari.utils.colormaps import DirectLabelColormap
 
-    existing = {layer.name: layer for layer in viewer.layers if _ours(layer, snap.source_id)}
+    current = {mark(ly)["role"]: ly for ly in viewer.layers if is_current(ly, snap.source_id) and mark(ly).get("role")}
     kept = set()
     for data, kw, kind in tuples:
         kw = dict(kw)
         contour = kw.pop("_contour", 0)
+        md = kw["metadata"][MARK]
         if kind == "labels":
-            if kw["metadata"][MARK]["kind"] == "labels":
+            if md["kind"] == "labels":
                 kw["colormap"] = DirectLabelColormap(color_dict=label_colormap(len(kw["features"]["class"])))
-            kw["metadata"][MARK]["digest"] = data_digest(data)
-        old = existing.get(kw["name"])
-        reuse = old is not None and old._type_string == kind and old.data.shape == data.shape
-        if reuse and kind == "labels":
-            reuse = old.metadata[MARK].get("digest") == data_digest(np.asarray(old.data))
-        if reuse:
-            old.data = data
-            old.metadata = kw["metadata"]
-            if kind == "image":
-                old.contrast_limits = kw["contrast_limits"]
-            else:
-                old.contour = contour
-            kept.add(old.name)
+            md["digest"] = data_digest(data)
+        old = current.get(md["role"])
+        if old is not None and _same_frame(old, kind, data, kw):
+            _update_in_place(old, data, kw, kind, contour)
+            md["name"] = old.name  # napari may have made the name unique
+            kept.add(id(old))
             yield old
             continue
-        if old is not None and kind == "labels":
-            kw["name"] = kw["name"] + " (new)"
         if kind == "labels":
             layer = viewer.add_labels(data, **kw)
             if contour:
@@ -195,9 +298,21 @@ def iter_apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> Iterator:
                 layer.contour = contour
         else:
             layer = viewer.add_image(data, **kw)
-        kept.add(layer.name)
+        layer.metadata[MARK]["name"] = layer.name
+        kept.add(id(layer))
         yield layer
-    for name, layer in existing.items():
-        stale = name not in kept and layer.metadata[MARK].get("kind") in ("heatmap", "stack")
-        if stale and layer in viewer.layers:
-            viewer.layers.remove(layer)
+    remove_layers(viewer, [ly for ly in current.values() if id(ly) not in kept])
+
+
+def keep_run(viewer, sid: str | None = None) -> list:
+    """Set the current run's layers aside for comparison: renamed ``... #k``, never updated again."""
+    layers = [ly for ly in viewer.layers if is_current(ly, sid) and mark(ly).get("kind") != "grid-view"]
+    if not layers:
+        return []
+    k = 1 + max((mark(ly).get("kept") or 0 for ly in viewer.layers), default=0)
+    for ly in layers:
+        m = dict(mark(ly), kept=k)
+        ly.name = f"{ly.name} #{k}"
+        m["name"] = ly.name
+        ly.metadata = {**ly.metadata, MARK: m}
+    return layers

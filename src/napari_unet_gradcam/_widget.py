@@ -1,28 +1,44 @@
-"""The dock widget: choose an image and a model, press Run, get labels and heatmaps.
+"""The dock widget: choose an image and a model, press Run, get labels and heatmaps; then re-run,
+keep runs, compare them in a grid, explain a region or a point, and export.
 
-The widget snapshots its inputs on Run, runs the core in a napari ``thread_worker`` and builds
-layers on the main thread when the worker returns, so the UI never waits on the network.
+The widget is the form and its wiring. The rest lives beside it: which layers it offers
+(``_choices``), the job's life (``_job``), turning results into layers updated in place
+(``_layers``), regions through layer transforms (``_regions``), the grid (``_grid``) and the
+model cache (``_models``).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
-from napari.qt.threading import thread_worker
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy
 
-from ._layers import MARK, Snapshot, build_layers, iter_apply_layers
+from ._choices import _unwrap, image_layers, pick_source, region_layers
+from ._grid import GridView
+from ._job import Runner, RunState, step_through
+from ._layers import STACK_AXES, Snapshot, build_layers, iter_apply_layers, keep_run, mark, source_id
 from ._models import describe, get_model
-from .errors import Cancelled, UnetGradcamError
+from ._regions import image_shape, region_mask
+from .errors import UnetGradcamError
 from .methods import METHODS
 from .model import ALL_LAYERS, DECODER_LAYERS
 from .pipeline import explain
@@ -30,28 +46,49 @@ from .pipeline import explain
 if TYPE_CHECKING:
     import napari
 
-log = logging.getLogger(__name__)
-
-TARGETS = {"predicted mask": "predicted", "whole image": "image", "region from layer": "region"}
+TARGETS = {"predicted mask": "predicted", "whole image": "image", "region or point from layer": "region"}
 OUTPUTS = {"one layer per map": False, "stacked (sliders)": True}
-NORMALIZE = {"per map": "per-map", "shared across the run": "shared"}
+NORMALIZE = {"per map": "per-map", "shared across the run": "shared", "none (raw values)": "none"}
+PREPROCESS = {
+    "as the model was trained": "auto",
+    "percentile": "percentile",
+    "divide by 255": "divide255",
+    "none": "none",
+}
+CHANNELS = {"as is": None, "grey (mean of R, G, B)": "grey", "red": 0, "green": 1, "blue": 2}
 BUNDLED = "bundled nuclei model"
+# Decoder first, so the layers a reviewer picks show without scrolling.
+LAYER_ORDER = list(DECODER_LAYERS) + [ly for ly in ALL_LAYERS if ly not in DECODER_LAYERS]
 
-
-# A zero-delay chain of layer additions ran back to back (two or three ~50 ms additions per
-# event-loop pass, bench/bench_ui.py); a short delay lets paints and input in between.
-LAYER_GAP_MS = 10
-
-
-class _Relay(QObject):
-    """Carries progress from the worker thread to the main thread (queued across threads)."""
-
-    progressed = Signal(int, int)
-
-
-def _unwrap(obj):
-    """napari hands plugins proxies of its objects; identity checks need the objects themselves."""
-    return getattr(obj, "__wrapped__", obj)
+TIPS = {
+    "image": "The image layer to explain. Follows the active image layer; your pick survives renames.",
+    "model": "The bundled nuclei model, or a Pytorch-UNet checkpoint (.pth) of your own.",
+    "checkpoint": "A .pth file saved by Pytorch-UNet's train.py or by this plugin. Loaded safely (weights only).",
+    "layers": "Decoder layers to explain: up1 is coarse (context), up4 fine (edges). One map per layer and class.",
+    "classes": "Classes to explain. None selected: labels only, no maps.",
+    "method": "How channel weights are computed. Grad-CAM averages gradients; HiResCAM multiplies them "
+    "element-wise (faithful to the score); EigenCAM uses no gradient.",
+    "target": "Which pixels' class scores are explained: the pixels predicted as that class, all pixels, "
+    "or a region/point you drew on a Shapes, Labels or Points layer.",
+    "region": "The Shapes, Labels or Points layer holding the region or point (matched in world coordinates).",
+    "normalize": "Per map: each map spans 0-1 (shapes comparable, magnitudes not). Shared: one scale for "
+    "the whole run (magnitudes comparable). None: raw values.",
+    "output": "One heatmap layer per (layer, class), or one stacked layer with sliders for layer and class.",
+    "instances": "Also add a Labels layer with each nucleus its own label, split along the boundary class.",
+    "preprocess": "Intensity normalisation before the network. Use what the model was trained with.",
+    "scale": "Resize the image by this factor before the network (upstream's --scale), e.g. 0.5 when "
+    "objects are twice the size the model knows. Results come back at full size.",
+    "channels": "For an RGB image and a one-channel model: which channel to use, or their mean.",
+    "current_slice": "For stacks: explain only the slice on screen (much faster on long stacks).",
+    "tile_size": "Tile edge in pixels for large images; 0 chooses from free memory. Maps use global weights.",
+    "device": "Where the network runs: auto picks CUDA, then Apple MPS, then CPU.",
+    "more": "Show preprocessing, scale, channels, output and performance options.",
+    "run_btn": "Explain the image with the settings above. Updates the current results in place.",
+    "cancel_btn": "Stop the run; nothing is added.",
+    "keep_btn": "Set the current results aside (renamed '#1', '#2', ...) so the next run adds new layers to compare.",
+    "grid_btn": "Show the maps side by side, each over the image; kept runs become rows. Press again to leave.",
+    "export_btn": "Save the last run as the CLI does: labels and maps TIFF, contact sheet PNG, metadata JSON.",
+}
 
 
 def _devices() -> list[str]:
@@ -63,48 +100,96 @@ def _devices() -> list[str]:
     return out
 
 
+class _DockWatch(QObject):
+    """Tells the widget when napari takes it out of its dock (the dock's close button)."""
+
+    def __init__(self, widget: GradCamWidget):
+        super().__init__(widget.native)
+        self.widget = widget
+        self.docked = False
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self.docked = True
+            elif self.docked:
+                self.widget.close_widget()
+        return False
+
+
 class GradCamWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = _unwrap(viewer)
         self._model = None
         self._model_error: str | None = None
-        self._worker = None
-        self._building = False
-        self._cancel = threading.Event()
-        self._closed = False
+        self._source = None
+        self._last = None  # (Snapshot, ExplainResult) of the last finished run
         self._progress = None
-        self._relay = _Relay()
-        self._relay.progressed.connect(self._on_progress)
+        self.grid = GridView(self.viewer)
+        self.runner = Runner()
+        self.runner.progressed.connect(self._on_progress)
+        self.runner.state_changed.connect(self._on_state)
+        self.runner.ended.connect(self._on_ended)
+        self._make_controls()
+        self._connect()
+        self._watch = _DockWatch(self)
+        self.native.installEventFilter(self._watch)
+        self.native.destroyed.connect(lambda *_: self.close_widget())
+        self._refresh_choices()
+        self._load_model()
 
+    # -- the form --------------------------------------------------------------------------------
+    def _make_controls(self) -> None:
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.model = ComboBox(label="model", choices=[BUNDLED, "checkpoint file"], value=BUNDLED)
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pth *.pt *.ckpt", visible=False)
         self.model_info = Label(label="loaded", value="")
-        self.layers = Select(label="decoder layers", choices=list(ALL_LAYERS), value=list(DECODER_LAYERS))
+        self.layers = Select(label="decoder layers", choices=LAYER_ORDER, value=list(DECODER_LAYERS))
         self.classes = Select(label="classes", choices=self._class_choices)
         self.method = ComboBox(label="method", choices=[(m.title, m.name) for m in METHODS.values()], value="gradcam")
         self.target = ComboBox(label="target", choices=list(TARGETS), value="predicted mask")
         self.region = ComboBox(label="region layer", choices=self._region_choices, nullable=True, visible=False)
         self.normalize = ComboBox(label="normalise", choices=list(NORMALIZE), value="per map")
+        self.more = CheckBox(text="more options", value=False)
+        self.preprocess = ComboBox(label="preprocess", choices=list(PREPROCESS), value="as the model was trained")
+        self.scale = FloatSpinBox(label="scale", min=0.05, max=4.0, step=0.05, value=1.0)
+        self.channels = ComboBox(label="RGB channels", choices=list(CHANNELS), value="as is")
+        self.current_slice = CheckBox(text="current slice only", value=False)
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="one layer per map")
         self.instances = CheckBox(text="also split nuclei into instances", value=False)
         self.tile_size = SpinBox(label="tile size (0 = auto)", min=0, max=16384, step=64, value=0)
         self.device = ComboBox(label="device", choices=_devices(), value="auto")
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.keep_btn = PushButton(text="Keep run for comparison", enabled=False)
         self.grid_btn = PushButton(text="Grid view of heatmaps")
-        self.bar = ProgressBar(label="progress", value=0, max=1, visible=True)
+        self.export_btn = PushButton(text="Export run ...", enabled=False)
+        self.bar = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="Ready.")
+        self._advanced = [
+            self.preprocess,
+            self.scale,
+            self.channels,
+            self.current_slice,
+            self.output,
+            self.instances,
+            self.tile_size,
+            self.device,
+        ]
+        for name, tip in TIPS.items():
+            getattr(self, name).tooltip = tip
         self.native.setMaximumWidth(460)
-        self.model_info.native.setWordWrap(True)
-        self.status.native.setWordWrap(True)
         for label in (self.model_info, self.status):
-            label.native.setMinimumWidth(260)
-            label.native.setMinimumHeight(36)
+            label.native.setWordWrap(True)
+            label.native.setMinimumWidth(240)
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.MinimumExpanding)
-        self.layers.native.setMaximumHeight(110)
-        self.classes.native.setMaximumHeight(80)
+        self.layers.native.setMaximumHeight(5 * 19 + 8)  # up1-up4 and outc without scrolling
+        self.classes.native.setMaximumHeight(64)
+        buttons = Container(layout="horizontal", widgets=[self.run_btn, self.cancel_btn], labels=False)
+        compare = Container(layout="horizontal", widgets=[self.keep_btn, self.grid_btn], labels=False)
+        for box in (buttons, compare):
+            box.margins = (0, 0, 0, 0)
         self.extend(
             [
                 self.image,
@@ -117,56 +202,68 @@ class GradCamWidget(Container):
                 self.target,
                 self.region,
                 self.normalize,
-                self.output,
-                self.instances,
-                self.tile_size,
-                self.device,
-                self.run_btn,
-                self.cancel_btn,
-                self.grid_btn,
+                self.more,
+                *self._advanced,
+                buttons,
+                compare,
+                self.export_btn,
                 self.bar,
                 self.status,
             ]
         )
+        self._show_advanced(False)
+
+    def _connect(self) -> None:
         self.model.changed.connect(self._on_model_choice)
         self.checkpoint.changed.connect(lambda _: self._load_model())
         self.device.changed.connect(lambda _: self._load_model())
-        self.target.changed.connect(lambda v: setattr(self.region, "visible", v == "region from layer"))
+        self.target.changed.connect(lambda v: setattr(self.region, "visible", TARGETS[v] == "region"))
+        self.image.changed.connect(self._on_image_picked)
+        self.more.changed.connect(self._show_advanced)
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
+        self.keep_btn.changed.connect(self.keep)
         self.grid_btn.changed.connect(self.toggle_grid)
+        self.export_btn.changed.connect(self._ask_export)
         events = self.viewer.layers.events
-        for ev in (events.inserted, events.removed, events.moved, events.reordered):
-            ev.connect(self._reset_layer_choices)
-        events.inserted.connect(lambda e: e.value.events.name.connect(self._reset_layer_choices))
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self._reset_layer_choices)
-        self.viewer.layers.selection.events.active.connect(self._follow_active)
-        self.native.destroyed.connect(self._on_destroyed)
-        self._follow_active()
-        self._load_model()
-
-    # -- choices ---------------------------------------------------------------------------------
-    def _image_choices(self, _=None):
-        from napari.layers import Image
-
-        return [
-            (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not self._mark(layer)
+        self._viewer_connections = [
+            (events.inserted, self._on_inserted),
+            (events.removed, self._refresh_choices),
+            (events.moved, self._refresh_choices),
+            (events.reordered, self._refresh_choices),
+            (self.viewer.layers.selection.events.active, self._follow_active),
+            (self.viewer.cursor.events.position, self._on_cursor),
+            (self.viewer.dims.events.current_step, self._on_step),
         ]
+        for event, slot in self._viewer_connections:
+            event.connect(slot)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_choices)
+
+    def _show_advanced(self, show: bool) -> None:
+        for w in self._advanced:
+            w.visible = bool(show)
+        self._update_channel_choice()
+
+    # -- layer choices ---------------------------------------------------------------------------
+    def _image_choices(self, _=None):
+        return [(ly.name, ly) for ly in image_layers(self.viewer)]
 
     def _class_choices(self, _=None):
         names = list(getattr(self._model, "class_names", None) or [])
         return [(f"{i}: {n}", i) for i, n in enumerate(names)]
 
     def _region_choices(self, _=None):
-        from napari.layers import Labels, Shapes
+        return [(ly.name, ly) for ly in region_layers(self.viewer)]
 
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, (Labels, Shapes))]
+    def _on_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_choices)
+        self._refresh_choices()
 
-    def _reset_layer_choices(self, _=None):
-        if self._closed:
+    def _refresh_choices(self, _=None) -> None:
+        if self.runner.state is RunState.CLOSED:
             return
-        current = self.image.value
+        self._source = pick_source(self.viewer, self._source)
         for combo in (self.image, self.region):
             combo.reset_choices()
             # Qt keeps an item's old text when only the layer's name changed.
@@ -174,21 +271,28 @@ class GradCamWidget(Container):
                 layer = combo.native.itemData(i)
                 if layer is not None and hasattr(layer, "name"):
                     combo.native.setItemText(i, layer.name)
-        valid = [c[1] for c in self._image_choices()]
-        active = self.viewer.layers.selection.active
-        if any(current is v for v in valid):
-            self.image.value = current
-        elif any(active is v for v in valid):
-            self.image.value = active
+        if self.image.value is not self._source:
+            self.image.value = self._source
+        self._update_channel_choice()
 
-    def _follow_active(self, _=None):
-        active = self.viewer.layers.selection.active
-        self._reset_layer_choices()
-        if active is not None and any(active is c[1] for c in self._image_choices()):
-            self.image.value = active
+    def _follow_active(self, _=None) -> None:
+        active = _unwrap(self.viewer.layers.selection.active)
+        if any(active is ly for ly in image_layers(self.viewer)):
+            self._source = active
+        self._refresh_choices()
+
+    def _on_image_picked(self, value) -> None:
+        if value is not None:
+            self._source = value
+        self._update_channel_choice()
+
+    def _update_channel_choice(self) -> None:
+        rgb = bool(getattr(self._source, "rgb", False))
+        self.channels.visible = rgb and bool(self.more.value)
+        self.current_slice.enabled = self._source is not None and len(image_shape(self._source)) > 2
 
     # -- model -----------------------------------------------------------------------------------
-    def _on_model_choice(self, value):
+    def _on_model_choice(self, value) -> None:
         self.checkpoint.visible = value != BUNDLED
         self._load_model()
 
@@ -198,7 +302,7 @@ class GradCamWidget(Container):
         path = str(self.checkpoint.value or "")
         return path if path not in ("", ".") else ""
 
-    def _load_model(self):
+    def _load_model(self) -> None:
         path = self._checkpoint_path()
         if path == "":
             self.model_info.value = "Choose a checkpoint file (.pth)."
@@ -211,10 +315,13 @@ class GradCamWidget(Container):
         except UnetGradcamError as exc:
             self._model = None
             self.classes.reset_choices()
-            self._model_error = str(exc)
             self.model_info.value = "Could not load the model (see status)."
-            self._set_status(str(exc), error=True)
+            if str(exc) != self._model_error:  # each error once, not on every Run
+                self._set_status(str(exc), error=True)
+            self._model_error = str(exc)
             return
+        if self._model_error is not None and self.status.value == self._model_error:
+            self._set_status("Model loaded.")
         self._model_error = None
         if self._model is previous:
             return  # same file, same device: keep the user's class choice
@@ -225,44 +332,32 @@ class GradCamWidget(Container):
 
     # -- running ---------------------------------------------------------------------------------
     def _params(self) -> dict:
-        tile = int(self.tile_size.value)
         return {
-            "layers": tuple(self.layers.value),
+            "layers": tuple(ly for ly in LAYER_ORDER if ly in self.layers.value),
             "classes": tuple(self.classes.value),
             "method": self.method.value,
             "normalize": NORMALIZE[self.normalize.value],
-            "tile_size": tile or None,
+            "tile_size": int(self.tile_size.value) or None,
             "stacked": OUTPUTS[self.output.value],
             "instances": bool(self.instances.value),
+            "preprocess": PREPROCESS[self.preprocess.value],
+            "scale": float(self.scale.value),
+            "channels": CHANNELS[self.channels.value] if self.channels.visible else None,
         }
 
-    def _region_mask(self, image_layer):
-        """The region layer as a boolean mask on the image's grid."""
-        from napari.layers import Shapes
+    def _slice_index(self, layer) -> tuple:
+        """Leading (stack) indices of the slice on screen, for 'current slice only'."""
+        n_stack = len(image_shape(layer)) - 2
+        if not (self.current_slice.value and n_stack > 0):
+            return ()
+        pos = np.asarray(layer.world_to_data(self.viewer.dims.point), float)[:n_stack]
+        shape = image_shape(layer)[:n_stack]
+        return tuple(int(np.clip(np.rint(p), 0, s - 1)) for p, s in zip(pos, shape, strict=True))
 
-        layer = self.region.value
-        if layer is None:
-            raise UnetGradcamError("Target 'region from layer' needs a Labels or Shapes layer: draw one, then pick it.")
-        shape = image_layer.data.shape[:-1] if image_layer.rgb else image_layer.data.shape
-        if isinstance(layer, Shapes):
-            if len(layer.data) == 0:
-                raise UnetGradcamError(f"The Shapes layer '{layer.name}' is empty: draw a region first.")
-            mask = layer.to_masks(mask_shape=shape[-2:]).any(0)
-        else:
-            mask = np.asarray(layer.data) > 0
-        if mask.shape[-2:] != tuple(shape[-2:]):
-            raise UnetGradcamError(
-                f"The region layer '{layer.name}' has shape {mask.shape}, the image {tuple(shape)}: "
-                "use a region drawn on this image."
-            )
-        if not mask.any():
-            raise UnetGradcamError(f"The region layer '{layer.name}' marks no pixel: paint or draw a region first.")
-        return mask.copy()
-
-    def run(self, _=None):
-        if self._worker is not None:
+    def run(self, _=None) -> None:
+        if self.runner.busy or self.runner.state is RunState.CLOSED:
             return  # one job at a time; the button is disabled anyway
-        layer = self.image.value
+        layer = self._source
         try:
             if layer is None:
                 raise UnetGradcamError("No image layer: open an image (or File > Open Sample > UNet Grad-CAM) first.")
@@ -270,23 +365,21 @@ class GradCamWidget(Container):
             if self._model is None:
                 raise UnetGradcamError(self._model_error or "Choose a checkpoint file first.")
             params = self._params()
+            index = self._slice_index(layer)
             target = TARGETS[self.target.value]
             if target == "region":
-                target = self._region_mask(layer)
-            snap = Snapshot.of(layer, params)
+                target = region_mask(self.region.value, layer, index)
+            snap = Snapshot.of(layer, params, index)
         except UnetGradcamError as exc:
             self._set_status(str(exc), error=True)
             return
         net = self._model
-        self._cancel = threading.Event()
-        cancel = self._cancel
-        relay = self._relay
 
-        def job():
-            # napari imports pandas on first use of layer features; do it here, not on the UI thread.
-            import pandas  # noqa: F401
-
-            data = np.asarray(snap.data)
+        def compute(progress, cancel):
+            data, rgb = np.asarray(snap.data), snap.rgb
+            if params["channels"] is not None and rgb:
+                data = data[..., :3].mean(-1) if params["channels"] == "grey" else data[..., params["channels"]]
+                rgb = False
             res = explain(
                 data,
                 net,
@@ -294,35 +387,52 @@ class GradCamWidget(Container):
                 classes=params["classes"],  # none selected: labels only, like no layers
                 method=params["method"],
                 target=target,
+                preprocess=params["preprocess"],
                 normalize=params["normalize"],
                 tile_size=params["tile_size"],
-                rgb=snap.rgb,
-                progress=lambda done, total: relay.progressed.emit(done, total),
+                rgb=rgb,
+                scale=params["scale"],
+                progress=progress,
                 cancel=cancel,
             )
             if params["instances"]:
                 res.instances()  # computed here, off the main thread
             return res
 
-        worker = thread_worker(job, start_thread=False, ignore_errors=True)()
-        t0 = time.perf_counter()
-        worker.returned.connect(lambda res: self._on_done(snap, res, t0))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.run_btn.enabled = False
-        self.cancel_btn.enabled = True
         self.bar.value = 0
-        self._set_status(f"Running {METHODS[params['method']].title} on '{snap.name}' ...")
-        worker.start()
+        what = f"slice {index} of '{snap.name}'" if index else f"'{snap.name}'"
+        self._set_status(f"Running {METHODS[params['method']].title} on {what} ...")
+        self.runner.start(compute, lambda res: self._build(snap, res), lambda res, s: self._finish(snap, res, s))
 
-    def cancel(self, _=None):
-        if self._worker is not None:
-            self._cancel.set()
+    def _build(self, snap: Snapshot, res):
+        tuples = build_layers(snap, res, snap.params["stacked"])
+        made = yield from _collect(iter_apply_layers(self.viewer, snap, tuples))
+        self._last = (snap, res, made)
+        if self.grid.active:
+            yield from self.grid.show()
+
+    def _finish(self, snap: Snapshot, res, seconds: float) -> str:
+        made = self._last[2] if self._last else []
+        first = next((ly for ly in made if ly.visible and mark(ly).get("kind") in ("heatmap", "stack")), None)
+        if first is not None and not self.grid.active:
+            self.viewer.layers.selection.active = first
+        stack = next((ly for ly in made if mark(ly).get("kind") == "stack"), None)
+        if stack is not None:
+            self._open_stack_at_first_map(stack)
+        for note in res.metadata.get("notes", []):
+            show_warning(note)
+        present = any(source_id(ly) == snap.source_id for ly in self.viewer.layers)
+        gone = "" if present else " (source layer was removed)"
+        dev = next(self._model.parameters()).device if self._model is not None else "?"
+        return f"'{snap.name}'{gone}: {len(res.cams)} map(s), {len(made)} layer(s) in {seconds:.1f} s on {dev}."
+
+    def cancel(self, _=None) -> None:
+        if self.runner.busy:
+            self.runner.cancel()
             self._set_status("Cancelling ...")
 
-    def _on_progress(self, done: int, total: int):
-        if self._closed:
+    def _on_progress(self, done: int, total: int) -> None:
+        if self.runner.state is RunState.CLOSED:
             return
         self.bar.max = max(total, 1)
         self.bar.value = min(done, total)
@@ -331,161 +441,155 @@ class GradCamWidget(Container):
         self._progress.n = done
         self._progress.refresh()
 
-    def _on_done(self, snap: Snapshot, res, t0: float):
-        if self._closed:
-            return
-        self._building = True
-        steps = iter_apply_layers(self.viewer, snap, build_layers(snap, res, stacked=snap.params["stacked"]))
-        made: list = []
-
-        def add_next():
-            if self._closed:
-                self._end_job()
-                return
-            try:
-                layer = next(steps)
-                if layer is not None:
-                    made.append(layer)
-            except StopIteration:
-                self._finish_layers(snap, res, t0, made)
-                return
-            except Exception as exc:  # a layer the viewer refuses must not leave the widget stuck
-                log.exception("Adding the result layers failed")
-                self._set_status(f"Could not add the result layers: {exc}", error=True)
-                self._end_job()
-                return
-            QTimer.singleShot(LAYER_GAP_MS, add_next)
-
-        QTimer.singleShot(0, add_next)
-
-    def _finish_layers(self, snap: Snapshot, res, t0: float, made: list):
-        n_maps = len(res.cams)
-        gone = "" if any(layer.name == snap.name for layer in self.viewer.layers) else " (source layer was removed)"
-        dev = next(self._model.parameters()).device if self._model is not None else "?"
-        self._set_status(
-            f"'{snap.name}'{gone}: {n_maps} map(s), {len(made)} layer(s) in {time.perf_counter() - t0:.1f} s on {dev}."
-        )
-        first = next((ly for ly in made if ly.visible and self._mark(ly).get("kind") == "heatmap"), None)
-        if first is not None:
-            self.viewer.layers.selection.active = first
-        for note in res.metadata.get("notes", []):
-            show_warning(note)
-        self._end_job()
-
-    def _on_error(self, exc: Exception):
-        if self._closed:
-            return
-        if isinstance(exc, Cancelled):
-            self._set_status("Cancelled: no layers were added.")
-            show_info("UNet Grad-CAM: run cancelled.")
-        elif isinstance(exc, UnetGradcamError):
-            self._set_status(str(exc), error=True)
-        else:
-            log.error("UNet Grad-CAM run failed", exc_info=exc)
-            self._set_status(f"The run failed: {type(exc).__name__}: {exc}", error=True)
-
-    def _on_finished(self):
-        if self._progress is not None:
+    def _on_state(self, state: RunState) -> None:
+        busy = state in (RunState.RUNNING, RunState.BUILDING)
+        self.run_btn.enabled = not busy
+        self.cancel_btn.enabled = state is RunState.RUNNING
+        self.keep_btn.enabled = not busy and self._last is not None
+        self.export_btn.enabled = not busy and self._last is not None
+        if state is not RunState.RUNNING and self._progress is not None:
             self._progress.close()
             self._progress = None
-        if not self._closed:
-            self.cancel_btn.enabled = False  # nothing left to cancel while layers are being added
-        if not self._building:
-            self._end_job()
 
-    def _end_job(self):
-        """The job is over once its layers are in the viewer (or it failed): Run is free again."""
-        self._worker = None
-        self._building = False
-        if not self._closed:
-            self.run_btn.enabled = True
-            self.cancel_btn.enabled = False
+    def _on_ended(self, message: str, error: bool) -> None:
+        self._set_status(message, error=error)
+        if message.startswith("Cancelled"):
+            show_info("UNet Grad-CAM: run cancelled.")
 
-    def _set_status(self, text: str, error: bool = False):
-        if self._closed:
+    def _set_status(self, text: str, error: bool = False) -> None:
+        if self.runner.state is RunState.CLOSED:
             return
         self.status.value = text
         self.status.tooltip = text
         if error:
             show_error(f"UNet Grad-CAM: {text}")
 
-    def _on_destroyed(self, *_):
-        self._closed = True
-        self._cancel.set()
+    # -- after a run -----------------------------------------------------------------------------
+    def _open_stack_at_first_map(self, stack) -> None:
+        """Sliders on the deepest decoder layer and the first foreground class, not up1/background."""
+        m = mark(stack)
+        offset = self.viewer.dims.ndim - stack.ndim
+        step = list(self.viewer.dims.current_step)
+        step[offset : offset + 2] = m.get("first", [0, 0])
+        self.viewer.dims.current_step = tuple(step)
+        self._on_step()
 
-    # -- comparing -------------------------------------------------------------------------------
-    def toggle_grid(self, _=None):
-        """Heatmaps side by side, each over its image (napari's grid, two layers per cell).
-
-        The image under each map is an extra view layer sharing the source's array (no copy);
-        leaving the grid removes those views and restores what was visible.
-        """
-        grid = _grid(self.viewer)
-        if grid.enabled:
-            self._leave_grid()
+    def _on_step(self, _=None) -> None:
+        """Name the stacked output's current decoder layer and class on the canvas."""
+        overlays = getattr(getattr(self.viewer, "canvas", None), "overlays", None)
+        overlay = getattr(overlays, "text", None) or self.viewer.text_overlay  # napari < 0.9: text_overlay
+        stacks = [ly for ly in self.viewer.layers if mark(ly).get("kind") == "stack" and ly.visible]
+        if not stacks:
+            if overlay.text.startswith(STACK_AXES[0]):
+                overlay.visible, overlay.text = False, ""
             return
-        source = self.image.value
-        heatmaps = [ly for ly in self.viewer.layers if self._mark(ly).get("kind") == "heatmap"]
-        if source is not None:
-            sid = str(getattr(source, "unique_id", id(source)))
-            heatmaps = [ly for ly in heatmaps if self._mark(ly).get("source_id") == sid] or heatmaps
-        shown = [ly for ly in heatmaps if ly.visible]
-        if len(shown) < 2:  # nothing chosen yet: every foreground map
-            shown = [ly for ly in heatmaps if self._mark(ly).get("class_index") != 0] or heatmaps
-        if not shown:
+        m, ly = mark(stacks[-1]), stacks[-1]
+        offset = self.viewer.dims.ndim - ly.ndim
+        i, j = self.viewer.dims.current_step[offset : offset + 2]
+        if i < len(m["layers"]) and j < len(m["classes"]):
+            overlay.text = f"{STACK_AXES[0]} {m['layers'][i]}  |  {STACK_AXES[1]} {m['classes'][j]}"
+            overlay.visible = True
+
+    def _on_cursor(self, _=None) -> None:
+        """Class probabilities under the cursor, in the status bar's help field."""
+        if self._last is None or self.runner.state is RunState.CLOSED:
+            return
+        snap, res, _ = self._last
+        world = np.asarray(self.viewer.cursor.position, float)
+        ndim = len(snap.scale)
+        if world.size < ndim:
+            return
+        idx = np.rint((world[-ndim:] - np.asarray(snap.translate)) / np.asarray(snap.scale)).astype(int)
+        shape = res.labels.shape
+        if np.any(idx < 0) or np.any(idx >= shape):
+            return
+        probs = res.probabilities[(slice(None), *idx)]
+        names = res.class_names
+        self.viewer.help = "UNet: " + "  ".join(f"{n} {p:.2f}" for n, p in zip(names, probs, strict=False))
+
+    def keep(self, _=None) -> None:
+        """Set the current results aside so the next run adds new layers beside them."""
+        kept = keep_run(self.viewer)
+        if kept:
+            k = mark(kept[0])["kept"]
+            self._set_status(f"Kept {len(kept)} layer(s) as run #{k}; change a setting and Run to compare.")
+        else:
+            self._set_status("Nothing to keep: press Run first.")
+
+    def toggle_grid(self, _=None) -> None:
+        if self.grid.active:
+            self.grid.leave()
+            return
+        steps = self.grid.show(self._source)
+        if not self._has_maps():
             self._set_status("No heatmaps to compare yet: press Run first.")
             return
-        self._grid_restore = {ly: ly.visible for ly in self.viewer.layers}
-        self._grid_order = list(self.viewer.layers)
-        for ly in self.viewer.layers:
-            ly.visible = False
-        layers = self.viewer.layers
-        # The top pair lands in the top-left cell, so the first map is moved last.
-        for h in reversed(shown):
-            under = source if source is not None else None
-            data = under.data if under is not None else np.zeros(h.data.shape, np.float32)
-            view = self.viewer.add_image(
-                data,
-                name=f"grid view: {h.name}",
-                colormap="gray",
-                contrast_limits=list(under.contrast_limits) if under is not None else None,
-                scale=h.scale,
-                translate=h.translate,
-                metadata={MARK: {"kind": "grid-view"}},
-            )
-            # napari groups layers into cells by list position: each pair goes on top, map above view.
-            layers.move(layers.index(view), len(layers))
-            layers.move(layers.index(h), len(layers))
-            h.visible = True
-        rows = len({self._mark(h).get("layer") for h in shown})
-        grid.stride = -2
-        grid.shape = (rows, -(-len(shown) // rows)) if rows > 1 else (-1, -1)
-        grid.enabled = True
-        self.viewer.reset_view()
+        self.grid_btn.enabled = False
 
-    def _leave_grid(self):
-        for ly in [ly for ly in self.viewer.layers if self._mark(ly).get("kind") == "grid-view"]:
-            self.viewer.layers.remove(ly)
-        layers = self.viewer.layers
-        for i, ly in enumerate(ly for ly in getattr(self, "_grid_order", []) if ly in layers):
-            layers.move(layers.index(ly), i)
-        for ly, vis in getattr(self, "_grid_restore", {}).items():
-            if ly in layers:
-                ly.visible = vis
-        self._grid_restore, self._grid_order = {}, []
-        grid = _grid(self.viewer)
-        grid.enabled = False
-        grid.stride = 1
-        grid.shape = (-1, -1)
-        self.viewer.reset_view()
+        def done():
+            self.grid_btn.enabled = True
 
-    @staticmethod
-    def _mark(layer) -> dict:
-        md = layer.metadata.get(MARK) if isinstance(layer.metadata, dict) else None
-        return md or {}
+        def failed(exc):
+            self.grid_btn.enabled = True
+            self._set_status(f"Could not build the grid: {exc}", error=True)
+
+        step_through(steps, done, failed, lambda: self.runner.state is not RunState.CLOSED)
+
+    def _has_maps(self) -> bool:
+        return any(mark(ly).get("kind") in ("heatmap", "stack") for ly in self.viewer.layers)
+
+    def _ask_export(self, _=None) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self.native, "Export the last run to a folder")
+        if folder:
+            self.export(folder)
+
+    def export(self, folder: str | Path) -> list[Path]:
+        """Write the last run as the CLI does: labels and maps TIFF, contact sheet PNG, metadata JSON."""
+        from .io import write_result
+
+        if self._last is None:
+            self._set_status("Nothing to export: press Run first.", error=True)
+            return []
+        snap, res, _ = self._last
+        image = np.asarray(snap.data)
+        stem = re.sub(r"[^\w.-]+", "_", snap.name).strip("_") or "image"
+        n_stack = res.labels.ndim - 2
+        axes = "QTZ"[-n_stack:] if n_stack else ""
+        try:
+            paths = write_result(res, image, Path(folder), stem, stack_axes=axes, rgb=snap.rgb)
+        except (OSError, UnetGradcamError) as exc:
+            self._set_status(f"Could not export to {folder}: {exc}", error=True)
+            return []
+        self._set_status(f"Exported {len(paths)} file(s) to {folder}.")
+        return paths
+
+    # -- closing ---------------------------------------------------------------------------------
+    def close_widget(self) -> None:
+        """The dock was closed (or destroyed): cancel the job, leave the grid, let go of the viewer."""
+        if self.runner.state is RunState.CLOSED:
+            return
+        self.runner.close()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        try:
+            if self.grid.active:
+                self.grid.leave()
+            for event, slot in self._viewer_connections:
+                event.disconnect(slot)
+            for layer in self.viewer.layers:
+                layer.events.name.disconnect(self._refresh_choices)
+        except RuntimeError:  # the viewer's Qt side is already gone
+            pass
 
 
-def _grid(viewer):
-    """The viewer's grid model: ``viewer.canvas.grid`` from napari 0.9, ``viewer.grid`` before."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+def _collect(steps):
+    """Run a layer-building generator, forwarding its pauses; return the layers it made."""
+    made = []
+    for layer in steps:
+        if layer is not None:
+            made.append(layer)
+        yield
+    return made

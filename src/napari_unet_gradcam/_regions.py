@@ -1,0 +1,101 @@
+"""A Shapes, Labels or Points layer as a Grad-CAM target on the image's own pixel grid.
+
+Regions are drawn in world coordinates: a rectangle on a Shapes layer with the default scale
+covers other pixels of an image with scale (0.5, 0.5) and a translate. Every region is mapped
+through both layers' transforms (data -> world -> image data), never compared by array index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UnetGradcamError
+
+
+def _affine(src_to_dst, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix and offset of an affine map, sampled at the origin and the unit vectors."""
+    origin = np.asarray(src_to_dst(np.zeros(ndim)), float)
+    cols = [np.asarray(src_to_dst(np.eye(ndim)[i]), float) - origin for i in range(ndim)]
+    return np.stack(cols, axis=1), origin
+
+
+def _image_to_region(image, region) -> tuple[np.ndarray, np.ndarray]:
+    """Image data coords -> region data coords (region.ndim rows, image.ndim columns)."""
+    return _affine(lambda p: region.world_to_data(image.data_to_world(p)), image.ndim)
+
+
+def _region_to_image(image, region) -> tuple[np.ndarray, np.ndarray]:
+    return _affine(lambda p: image.world_to_data(region.data_to_world(p)), region.ndim)
+
+
+def image_shape(layer) -> tuple[int, ...]:
+    """The layer's data shape without an RGB(A) axis (level 0 of a pyramid)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return tuple(data.shape[:-1] if getattr(layer, "rgb", False) else data.shape)
+
+
+def _labels_mask(layer, image, shape) -> np.ndarray:
+    from scipy.ndimage import affine_transform
+
+    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data) > 0
+    k = min(len(shape), data.ndim)  # a 2-D region over a stack applies to every slice
+    matrix, offset = _image_to_region(image, layer)
+    matrix, offset = matrix[-k:, -k:], offset[-k:]
+    sub = data[(0,) * (data.ndim - k)] if data.ndim > k else data
+    mask = affine_transform(sub.astype(np.uint8), matrix, offset, output_shape=shape[-k:], order=0, cval=0) > 0
+    return np.broadcast_to(mask, shape)
+
+
+def _shapes_mask(layer, image, shape) -> np.ndarray:
+    from napari.layers import Shapes
+
+    if len(layer.data) == 0:
+        raise UnetGradcamError(f"The Shapes layer '{layer.name}' is empty: draw a region first.")
+    k = min(len(shape), layer.ndim)
+    matrix, offset = _region_to_image(image, layer)
+    matrix, offset = matrix[-k:, -k:], offset[-k:]
+    moved = [np.asarray(v, float)[:, -k:] @ matrix.T + offset for v in layer.data]
+    # A throwaway layer (never added to a viewer) rasterises every shape type the way napari draws it.
+    mask = Shapes(moved, shape_type=list(layer.shape_type)).to_masks(mask_shape=shape[-k:]).any(0)
+    return np.broadcast_to(mask, shape)
+
+
+def _points_mask(layer, image, shape) -> np.ndarray:
+    if len(layer.data) == 0:
+        raise UnetGradcamError(f"The Points layer '{layer.name}' has no point: click one onto the image first.")
+    k = min(len(shape), layer.ndim)
+    matrix, offset = _region_to_image(image, layer)
+    matrix, offset = matrix[-k:, -k:], offset[-k:]
+    pix = np.rint(np.asarray(layer.data, float)[:, -k:] @ matrix.T + offset).astype(int)
+    inside = np.all((pix >= 0) & (pix < np.asarray(shape[-k:])), axis=1)
+    mask = np.zeros(shape[-k:], bool)
+    mask[tuple(pix[inside].T)] = True
+    return np.broadcast_to(mask, shape)
+
+
+def region_mask(region, image, slice_index: tuple = ()) -> np.ndarray:
+    """Boolean mask on the image's grid (stack and spatial shape) marking the region's pixels."""
+    from napari.layers import Labels, Points, Shapes
+
+    if region is None:
+        raise UnetGradcamError(
+            "Target 'region from layer' needs a Labels, Shapes or Points layer: draw one, then pick it."
+        )
+    shape = image_shape(image)
+    if isinstance(region, Shapes):
+        mask = _shapes_mask(region, image, shape)
+    elif isinstance(region, Points):
+        mask = _points_mask(region, image, shape)
+    elif isinstance(region, Labels):
+        mask = _labels_mask(region, image, shape)
+    else:
+        raise UnetGradcamError(f"'{region.name}' is not a Labels, Shapes or Points layer.")
+    if slice_index:
+        mask = mask[slice_index][(np.newaxis,) * len(slice_index)]
+    if not mask.any():
+        where = " in the explained slice" if slice_index else ""
+        raise UnetGradcamError(
+            f"The region layer '{region.name}' marks no pixel of the image{where}: draw or paint the region "
+            "over the image (regions are matched in world coordinates, through both layers' scale and translate)."
+        )
+    return np.ascontiguousarray(mask)
