@@ -342,7 +342,7 @@ class GradCamWidget(Container):
             "instances": bool(self.instances.value),
             "preprocess": PREPROCESS[self.preprocess.value],
             "scale": float(self.scale.value),
-            "channels": CHANNELS[self.channels.value] if self.channels.visible else None,
+            "channels": CHANNELS[self.channels.value] if getattr(self._source, "rgb", False) else None,
         }
 
     def _slice_index(self, layer) -> tuple:
@@ -371,7 +371,7 @@ class GradCamWidget(Container):
                 target = region_mask(self.region.value, layer, index)
             snap = Snapshot.of(layer, params, index)
         except UnetGradcamError as exc:
-            self._set_status(str(exc), error=True)
+            self._set_status(str(exc), error=str(exc) != self._model_error)  # a model error was already shown
             return
         net = self._model
 
