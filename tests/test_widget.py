@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_unet_gradcam import save_checkpoint
-from napari_unet_gradcam._grid import grid_model
+from napari_unet_gradcam._grid import cell_geometry
 from napari_unet_gradcam._job import RunState
 from napari_unet_gradcam._widget import GradCamWidget
 from napari_unet_gradcam.checkpoint import default_model_path
@@ -207,18 +207,23 @@ def test_bundled_model_one_click(make_napari_viewer, qtbot):
     order = [ly.name for ly in viewer.layers]
     visible = {ly.name for ly in viewer.layers if ly.visible}
     enter_grid(qtbot, widget)
-    assert grid_model(viewer).enabled and grid_model(viewer).stride == -2
-    views = [ly for ly in viewer.layers if ly.metadata.get("unet_gradcam", {}).get("kind") == "grid-view"]
-    assert len(views) == 16  # every foreground map (4 layers x 2 classes), each over the image
-    top = list(viewer.layers)[::-1]
-    assert top[0].name == "up1 / nucleus" and top[1].name == "grid image: up1 / nucleus"
-    assert top[0].data is viewer.layers["nuclei 2D Grad-CAM up1 nucleus"].data  # views, no copies
-    assert top[1].data is viewer.layers["nuclei 2D"].data
-    assert top[0].name_overlay.visible  # the caption in the cell
+    cells = widget.grid.layer
+    assert captions(widget) == [f"{ly} / {c}" for ly in ("up1", "up2", "up3", "up4") for c in ("nucleus", "boundary")]
+    h, w = viewer.layers["nuclei 2D"].data.shape
+    bar, gap = cell_geometry(h, w)
+    assert cells.rgb and cells.data.shape == (4 * (bar + h) + 3 * gap, 2 * w + gap, 3)  # a row per decoder layer
+    assert [ly.name for ly in viewer.layers if ly.visible] == ["grid view"]
+    # The up4 / boundary cell is the image in grey plus that map in inferno.
+    cell = cells.data[3 * (bar + h + gap) + bar :, w + gap :]
+    heat = viewer.layers["nuclei 2D Grad-CAM up4 boundary"].data
+    assert np.corrcoef(cell[..., 0].ravel().astype(float), heat.ravel())[0, 1] > 0.3
     widget.toggle_grid()
-    assert not grid_model(viewer).enabled
     assert [ly.name for ly in viewer.layers] == order
     assert {ly.name for ly in viewer.layers if ly.visible} == visible
+
+
+def captions(widget) -> list[str]:
+    return list(widget.grid.captions)
 
 
 def enter_grid(qtbot, widget):

@@ -5,11 +5,10 @@ import pytest
 import tifffile
 
 from napari_unet_gradcam import _widget, save_checkpoint
-from napari_unet_gradcam._grid import grid_model
 from napari_unet_gradcam._job import RunState
 
 from .conftest import tiny_unet
-from .test_widget import enter_grid, open_widget, run_and_wait, use_checkpoint
+from .test_widget import captions, enter_grid, open_widget, run_and_wait, use_checkpoint
 
 PLUGIN = "napari-unet-gradcam"
 
@@ -107,20 +106,18 @@ def test_keep_two_runs_and_compare_them_in_the_grid(ready, qtbot):
     assert "img Grad-CAM up4 nucleus #1" in names and "img HiResCAM up4 nucleus" in names
     order = list(viewer.layers)
     enter_grid(qtbot, widget)  # what the user looks at (up4 nucleus in each run), a row per run
-    captions = [ly.name for ly in reversed(viewer.layers) if ly.name_overlay.visible]
-    assert captions == ["Grad-CAM #1: up4 / nucleus", "HiResCAM: up4 / nucleus"]
-    assert grid_model(viewer).shape == (2, 1)
+    assert captions(widget) == ["Grad-CAM #1: up4 / nucleus", "HiResCAM: up4 / nucleus"]
+    assert widget.grid.layer.data.shape[:2] == (2 * 76 + 2, 64)
     widget.toggle_grid()
     viewer.layers["img HiResCAM up3 nucleus"].visible = True  # two maps looked at: two columns
     enter_grid(qtbot, widget)
-    captions = [ly.name for ly in reversed(viewer.layers) if ly.name_overlay.visible]
-    assert captions == [
+    assert captions(widget) == [
         "Grad-CAM #1: up3 / nucleus",
         "Grad-CAM #1: up4 / nucleus",
         "HiResCAM: up3 / nucleus",
         "HiResCAM: up4 / nucleus",
     ]
-    assert grid_model(viewer).shape == (2, 2)  # a row per run
+    assert widget.grid.layer.data.shape[:2] == (2 * 76 + 2, 2 * 64 + 2)  # a row per run
     widget.toggle_grid()
     assert list(viewer.layers) == order
 
@@ -130,15 +127,17 @@ def test_grid_survives_a_rerun_and_a_closed_dock(ready, qtbot):
     run_and_wait(qtbot, widget)
     order = list(viewer.layers)
     enter_grid(qtbot, widget)
-    n_views = len(ours(viewer, "grid-view"))
+    views = ours(viewer, "grid-view")
+    before = widget.grid.layer.data.copy()
+    removed = []
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
     widget.method.value = "layercam"
     run_and_wait(qtbot, widget)
-    assert grid_model(viewer).enabled and len(ours(viewer, "grid-view")) == n_views  # no orphans
-    heat = viewer.layers["up4 / nucleus"]
-    assert heat.data is viewer.layers["img LayerCAM up4 nucleus"].data  # shows the new run
+    assert ours(viewer, "grid-view") == views and removed == []  # updated in place, no orphans
+    assert not np.array_equal(widget.grid.layer.data, before)  # shows the new run
     assert all(not ly.visible for ly in order)
     viewer.window.remove_dock_widget(widget.native)
-    assert not grid_model(viewer).enabled and ours(viewer, "grid-view") == []
+    assert ours(viewer, "grid-view") == [] and not widget.grid.active
     assert list(viewer.layers) == order
 
 
@@ -154,9 +153,8 @@ def test_stacked_output_names_its_sliders_and_opens_on_the_deepest_foreground_ma
     viewer.dims.set_current_step(1, 2)
     assert overlay.text == "decoder layer up4  |  class boundary"
     enter_grid(qtbot, widget)
-    captions = {ly.name for ly in ours(viewer, "grid-view") if ly.name_overlay.visible}
-    assert captions == {f"{ly} / {c}" for ly in ("up3", "up4") for c in ("nucleus", "boundary")}
-    assert viewer.layers["up3 / boundary"].data.shape == (64, 64)
+    assert captions(widget) == [f"{ly} / {c}" for ly in ("up3", "up4") for c in ("nucleus", "boundary")]
+    assert widget.grid.layer.data.shape == (2 * 76 + 2, 2 * 64 + 2, 3)  # 12-px caption strips, 2-px gaps
 
 
 def test_current_slice_only(make_napari_viewer, qtbot, checkpoint):

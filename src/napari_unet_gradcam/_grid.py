@@ -1,10 +1,14 @@
-"""Heatmaps side by side, each over its image, in napari's grid view.
+"""Heatmaps side by side, each over its image: a mosaic the reviewer pans and zooms as one.
 
-Each cell is a pair of view layers that share the arrays of the source image and of a map (no
-copies): the image in grey and the map above it, captioned with the map's run, layer and class.
-The user's own layers are only hidden, never moved, so leaving the grid restores the layer list
-exactly. Kept runs (``_layers.keep_run``) become rows, so two methods or two checkpoints are
-compared map by map.
+Each cell shows the source image in grey with one map added over it in inferno, as the heatmap
+layers look in the viewer, captioned with the map's run, decoder layer and class. Kept runs
+(``_layers.keep_run``) become rows, so two methods or two checkpoints are compared map by map.
+
+Why a mosaic and not napari's grid mode: napari re-lays every cell of every layer on each layer
+addition, move or visibility change (about 2-3 s with 30 layers on a 2-core machine), so a grid
+of view layers froze the UI for seconds. The mosaic is one RGB layer with the captions drawn in;
+entering, re-running and leaving each change only that layer, and the user's own layers are only
+hidden (in one batch), never moved, so leaving restores the layer list exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._layers import MARK, mark, remove_layers, source_id
+from ._layers import MARK, mark, quick_removal, remove_layers, source_id
 
 
 @dataclass
@@ -25,12 +29,6 @@ class Cell:
     heat: Any  # the map's array (a view into a stacked layer's data for stacked output)
     source: Any  # the heatmap or stack layer the map comes from
     lead: int  # 2 for a stacked layer (decoder layer, class axes), else 0
-
-
-def grid_model(viewer):
-    """The viewer's grid model: ``viewer.canvas.grid`` from napari 0.9, ``viewer.grid`` before."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
 def _run_label(m: dict) -> str:
@@ -81,7 +79,8 @@ def plan_cells(viewer, source=None, visible=None) -> list[Cell]:
             cname, data, ly = runs[run][name, c]
             caption = f"{name} / {cname}" if len(runs) == 1 else f"{run[1]}: {name} / {cname}"
             lead = 2 if mark(ly).get("kind") == "stack" else 0
-            cells.append(Cell((run[1], name, c), caption, data, ly, lead))
+            # Keyed by run number, not method: a re-run with another method reuses its cells.
+            cells.append(Cell((run[0], name, c), caption, data, ly, lead))
     return cells
 
 
@@ -89,119 +88,131 @@ def _maps_keys(layer) -> list[tuple[str, int]]:
     return [(name, c) for name, c, *_ in _maps(layer)]
 
 
-def _grid_shape(cells: list[Cell]) -> tuple[int, int]:
-    runs = list(dict.fromkeys(c.key[0] for c in cells))
-    if len(runs) > 1:
-        return len(runs), -(-len(cells) // len(runs))
-    rows = len({c.key[1] for c in cells})
-    return (rows, -(-len(cells) // rows)) if rows > 1 else (-1, -1)
+def grid_shape(cells: list[Cell]) -> tuple[int, int]:
+    """Rows x columns: a row per run when runs are compared, else a row per decoder layer."""
+    runs = list(dict.fromkeys(c.key[0] for c in cells))  # kept number, or inf for the current run
+    rows = len(runs) if len(runs) > 1 else len({c.key[1] for c in cells})
+    return rows, -(-len(cells) // rows)
+
+
+def _unit(data, limits) -> np.ndarray:
+    lo, hi = (float(v) for v in limits)
+    out = (np.asarray(data, np.float32) - lo) / max(hi - lo, 1e-12)
+    return np.clip(out, 0, 1, out=out)
+
+
+def composite(under, under_limits, heat, heat_layer) -> np.ndarray:
+    """The image in grey plus the map in its colormap, added as napari's additive blending does."""
+    gray = _unit(under.mean(-1) if under.ndim == heat.ndim + 1 else under, under_limits)
+    colors = heat_layer.colormap.map(_unit(heat, heat_layer.contrast_limits).ravel())[:, :3]
+    rgb = gray[..., None] + heat_layer.opacity * colors.reshape(*np.shape(heat), 3)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def _caption_strip(text: str, width: int, height: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (width, height), (24, 24, 24))
+    font = ImageFont.load_default(size=max(8, int(height * 0.7)))
+    ImageDraw.Draw(strip).text((height // 4, height // 8), text, fill=(235, 235, 235), font=font)
+    return np.asarray(strip)
+
+
+def cell_geometry(h: int, w: int) -> tuple[int, int]:
+    """(caption strip height, gap between cells) in pixels, for cells of h x w."""
+    bar = max(12, round(0.06 * max(h, w)))  # the caption, legible at the zoom that shows a whole cell
+    return bar, max(2, round(0.02 * max(h, w)))
+
+
+def mosaic(cells: list[Cell], under, under_limits) -> Iterator[np.ndarray]:
+    """All cells tiled into one RGB array, each under a caption strip, with a gap between cells.
+
+    Yields the (partly filled) array after each cell, so a caller on the UI thread can let the
+    event loop run between cells; the last value is the whole mosaic.
+    """
+    rows, cols = grid_shape(cells)
+    shape = np.shape(cells[0].heat)
+    h, w = shape[-2:]
+    bar, gap = cell_geometry(h, w)
+    ch = bar + h
+    out = np.zeros((*shape[:-2], rows * ch + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), np.uint8)
+    below = np.asarray(under) if under is not None else np.zeros(shape, np.float32)
+    for i, cell in enumerate(cells):
+        y, x = (i // cols) * (ch + gap), (i % cols) * (w + gap)
+        out[..., y : y + bar, x : x + w, :] = _caption_strip(cell.caption, w, bar)
+        out[..., y + bar : y + ch, x : x + w, :] = composite(below, under_limits, cell.heat, cell.source)
+        yield out
 
 
 class GridView:
-    """Owns the view layers of the grid; everything else in the viewer is only hidden and shown."""
+    """Owns the grid's one layer; everything else in the viewer is only hidden and shown again."""
 
     def __init__(self, viewer):
         self.viewer = viewer
-        self.views: dict[tuple, tuple] = {}  # cell key -> (image view, map view)
+        self.layer = None
+        self.captions: list[str] = []
         self.hidden: dict[int, tuple] = {}  # id(layer) -> (layer, visible before the grid)
         self.source = None
 
     @property
     def active(self) -> bool:
-        return bool(self.views)
-
-    def _under_kwargs(self, cell: Cell) -> tuple[Any, dict]:
-        src = self.source
-        scale, translate = np.asarray(cell.source.scale)[cell.lead :], np.asarray(cell.source.translate)[cell.lead :]
-        if (
-            src is not None
-            and src in self.viewer.layers
-            and np.shape(src.data)[: np.ndim(cell.heat)] == np.shape(cell.heat)
-        ):
-            kw = {"contrast_limits": list(src.contrast_limits), "rgb": bool(getattr(src, "rgb", False))}
-            return src.data, {**kw, "scale": scale, "translate": translate}
-        return np.zeros(np.shape(cell.heat), np.float32), {"scale": scale, "translate": translate}
-
-    def _heat_kwargs(self, cell: Cell) -> dict:
-        ly = cell.source
-        return {
-            "name": cell.caption,
-            "colormap": ly.colormap.name,
-            "contrast_limits": list(ly.contrast_limits),
-            "blending": "additive",
-            "opacity": ly.opacity,
-            "scale": np.asarray(ly.scale)[cell.lead :],
-            "translate": np.asarray(ly.translate)[cell.lead :],
-        }
+        return self.layer is not None
 
     def _hide_others(self) -> None:
-        ours = {id(v) for pair in self.views.values() for v in pair}
-        for ly in self.viewer.layers:
-            if id(ly) not in ours and id(ly) not in self.hidden:
-                self.hidden[id(ly)] = (ly, ly.visible)
-            if id(ly) not in ours:
-                ly.visible = False
+        """Hide every other layer, with one scene-graph update for all of them."""
+        with quick_removal(self.viewer):
+            for ly in self.viewer.layers:
+                if ly is self.layer:
+                    continue
+                if id(ly) not in self.hidden:
+                    self.hidden[id(ly)] = (ly, ly.visible)
+                if ly.visible:
+                    ly.visible = False
+
+    def _under(self, cell: Cell):
+        src = self.source
+        n = np.ndim(cell.heat)
+        if src is not None and src in self.viewer.layers and tuple(np.shape(src.data)[:n]) == np.shape(cell.heat):
+            return src.data, src.contrast_limits
+        return None, (0.0, 1.0)
 
     def show(self, source=None) -> Iterator[None]:
-        """Enter the grid, or bring it up to date after a run; one layer addition per step."""
+        """Enter the grid, or bring it up to date after a run (its layer updated in place)."""
         if source is not None or not self.active:
             self.source = source
         was_visible = {i: vis for i, (_, vis) in self.hidden.items()}
         cells = plan_cells(self.viewer, self.source, lambda ly: was_visible.get(id(ly), ly.visible))
         if not cells:
             return
+        for data in mosaic(cells, *self._under(cells[0])):  # noqa: B007 (the last value is the whole mosaic)
+            yield  # one cell per event-loop turn
+        self.captions = [c.caption for c in cells]
         self._hide_others()
-        stale = [pair for key, pair in self.views.items() if key not in {c.key for c in cells}]
-        self.views = {k: v for k, v in self.views.items() if k in {c.key for c in cells}}
-        remove_layers(self.viewer, [v for pair in stale for v in pair])
-        for cell in cells:
-            pair = self.views.get(cell.key)
-            under_data, under_kw = self._under_kwargs(cell)
-            heat_kw = self._heat_kwargs(cell)
-            if pair is not None and all(v in self.viewer.layers for v in pair):
-                under, heat = pair
-                heat.data, heat.name, heat.contrast_limits = cell.heat, heat_kw["name"], heat_kw["contrast_limits"]
-                if under.data is not under_data:
-                    under.data = under_data
-                continue
-            under = self.viewer.add_image(
-                under_data,
-                name=f"grid image: {cell.caption}",
-                colormap="gray",
-                metadata={MARK: {"kind": "grid-view"}},
-                **under_kw,
-            )
-            yield
-            heat = self.viewer.add_image(cell.heat, metadata={MARK: {"kind": "grid-view"}}, **heat_kw)
-            overlay = getattr(heat, "name_overlay", None)
-            if overlay is not None:
-                overlay.visible = True  # the caption in the cell (napari >= 0.6)
-            self.views[cell.key] = (under, heat)
-            yield
-        self._arrange(cells)
-
-    def _arrange(self, cells: list[Cell]) -> None:
-        """Pairs on top of the list, first cell topmost: napari fills cells from the top with stride -2."""
-        layers = self.viewer.layers
-        for cell in reversed(cells):
-            for v in self.views[cell.key]:
-                layers.move(layers.index(v), len(layers))
-        grid = grid_model(self.viewer)
-        grid.stride = -2
-        grid.shape = _grid_shape(cells)
-        grid.enabled = True
+        yield
+        if self.active and self.layer in self.viewer.layers and self.layer.data.shape == data.shape:
+            self.layer.data = data
+            return
+        if self.active:
+            self.leave(restore=False)
+        placed = cells[0].source
+        self.layer = self.viewer.add_image(
+            data,
+            name="grid view",
+            rgb=True,
+            scale=np.asarray(placed.scale)[cells[0].lead :],
+            translate=np.asarray(placed.translate)[cells[0].lead :],
+            metadata={MARK: {"kind": "grid-view", "captions": self.captions}},
+        )
         self.viewer.reset_view()
 
-    def leave(self) -> None:
-        views = [v for pair in self.views.values() for v in pair]
-        self.views = {}
-        remove_layers(self.viewer, views)
-        for ly, vis in self.hidden.values():
-            if ly in self.viewer.layers:
-                ly.visible = vis
-        self.hidden = {}
-        grid = grid_model(self.viewer)
-        grid.enabled = False
-        grid.stride = 1
-        grid.shape = (-1, -1)
-        self.viewer.reset_view()
+    def leave(self, restore: bool = True) -> None:
+        layer, self.layer = self.layer, None
+        if layer is not None:
+            remove_layers(self.viewer, [layer])
+        if restore:
+            with quick_removal(self.viewer):
+                for ly, vis in self.hidden.values():
+                    if ly in self.viewer.layers and ly.visible != vis:
+                        ly.visible = vis
+            self.hidden = {}
+            self.viewer.reset_view()

@@ -241,11 +241,14 @@ def _update_in_place(old, data, kw: dict, kind: str, contour: int) -> None:
     if kind == "image":
         old.contrast_limits = kw["contrast_limits"]
     else:
-        if "colormap" in kw:
+        # A new colormap texture on a live Labels layer is what crashes Mesa's GL (napari#8471):
+        # swap it only when the classes changed.
+        n_classes = len(kw.get("features", {}).get("class", ()))
+        if n_classes and n_classes != len(mark(old).get("class_names", ())):
             old.colormap = kw["colormap"]
-        if "features" in kw:
             old.features = kw["features"]
-        old.contour = contour
+        if old.contour != contour:
+            old.contour = contour
     old.metadata = kw["metadata"]
 
 
