@@ -57,6 +57,10 @@ def test_picker_survives_a_run_a_rename_and_reopening_the_dock(ready, qtbot, che
     assert widget.runner.state is RunState.CLOSED
     again = open_widget(viewer)
     assert again.image.value is img
+    use_checkpoint(again, checkpoint)
+    again.layers.value = ["up4"]
+    run_and_wait(qtbot, again)  # the reopened widget works, and updates the same results
+    assert len([ly for ly in viewer.layers if ly.name == "renamed labels (UNet)"]) == 1
 
 
 def test_rerun_with_another_method_updates_layers_in_place(ready, qtbot):

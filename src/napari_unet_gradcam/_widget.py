@@ -162,7 +162,7 @@ class GradCamWidget(Container):
         self.device = ComboBox(label="device", choices=_devices(), value="auto")
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
-        self.keep_btn = PushButton(text="Keep run for comparison", enabled=False)
+        self.keep_btn = PushButton(text="Keep run", enabled=False)
         self.grid_btn = PushButton(text="Grid view of heatmaps")
         self.export_btn = PushButton(text="Export run ...", enabled=False)
         self.bar = ProgressBar(label="progress", value=0, max=1)
