@@ -241,8 +241,8 @@ def _update_in_place(old, data, kw: dict, kind: str, contour: int) -> None:
     if kind == "image":
         old.contrast_limits = kw["contrast_limits"]
     else:
-        # A new colormap texture on a live Labels layer is what crashes Mesa's GL (napari#8471):
-        # swap it only when the classes changed.
+        # Replacing a live Labels layer's colormap texture is needless when the classes are the
+        # same, and Labels textures being replaced is where Mesa's GL crashed (docs/napari-face.md).
         n_classes = len(kw.get("features", {}).get("class", ()))
         if n_classes and n_classes != len(mark(old).get("class_names", ())):
             old.colormap = kw["colormap"]
