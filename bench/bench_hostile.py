@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_hostile import huge_tiff, zero_stride_checkpoint, zip_bomb_checkpoint  # noqa: E402
+from tests.test_hostile import huge_tiff, tile_bomb_tiff, zero_stride_checkpoint, zip_bomb_checkpoint  # noqa: E402
 
 CHILD = """
 import resource, sys
@@ -56,6 +56,11 @@ CASES = {
         huge_tiff,
         "tifffile.TiffFile(path).series[0].asarray()",
         "napari_unet_gradcam.io.read_image(path, max_bytes=1 << 30)",
+    ),
+    "TIFF 16 x 16 in one 32768^2 tile": (
+        tile_bomb_tiff,
+        "tifffile.TiffFile(path).series[0].asarray()",
+        "napari_unet_gradcam.io.read_image(path)",
     ),
 }
 

@@ -246,3 +246,18 @@ def test_planted_link_is_never_followed_by_save_checkpoint(tmp_path):
     save_checkpoint(tiny_unet(width=4), tmp_path / "m" / "model.pth")
     assert victim.read_text() == "precious"
     assert load_model(tmp_path / "m" / "model.pth").width == 4
+
+
+def tile_bomb_tiff(path, side=32768):
+    """A 16 x 16 image whose one tile declares side x side (1 GiB decoded at 32768, 1 MB on disk)."""
+    encoded = zlib.compress(bytes(side * side), 9)
+    tifffile.imwrite(path, iter([encoded]), shape=(16, 16), dtype=np.uint8, compression="zlib", tile=(side, side))
+    return path
+
+
+def test_tiff_tile_far_larger_than_its_image_is_refused(tmp_path):
+    path = tile_bomb_tiff(tmp_path / "tile.tif")
+    assert path.stat().st_size < 2_000_000
+    out, peak = run_limited(f"napari_unet_gradcam.io.read_image({str(path)!r})", headroom=GiB // 2)
+    assert "RAISED InputError" in out and "declares tiles of 32768 x 32768 for a 16 x 16 image" in out, out
+    assert peak < 1024

@@ -23,8 +23,12 @@ from .resources import system_available_bytes
 #: An image is read only if, as float32 (the form the network gets), it takes at most this share of
 #: the memory available: the pipeline needs several more arrays of that size.
 IMAGE_SHARE_OF_MEMORY = 0.5
+#: A TIFF tile may decode to at most this many times the image's own size, or MIN_TILE_LIMIT.
+MAX_TILE_OVER_IMAGE = 4
+MIN_TILE_LIMIT = 16 << 20
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the end chunk: length 0, type, CRC
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # colour type -> channels once decoded
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -59,6 +63,22 @@ def check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int, max_b
         )
 
 
+def check_tiff_chunks(path: Path, shape: tuple[int, ...], chunk: tuple[int, ...], itemsize: int) -> None:
+    """Refuse tiles much larger than the image: each is decoded whole, then cropped.
+
+    Strips are clipped to the image by tifffile; tiles are not, so a 16 x 16 image can declare a
+    65536 x 65536 tile (4 GiB decoded from a 4 MB file).
+    """
+    image = math.prod(int(s) for s in shape) * itemsize
+    tile = math.prod(int(c) for c in chunk) * itemsize
+    if tile > max(MAX_TILE_OVER_IMAGE * image, MIN_TILE_LIMIT):
+        raise InputError(
+            f"{path}: declares tiles of {' x '.join(map(str, chunk))} for a {' x '.join(map(str, shape))} image "
+            f"({tile / 2**20:.0f} MiB each once decoded); refused before reading. Save it again untiled or "
+            "with ordinary tiles (e.g. 512 x 512)."
+        )
+
+
 @contextmanager
 def quiet_tifffile() -> Iterator[None]:
     """tifffile logs its own line for a broken file; our error already names the problem."""
@@ -75,7 +95,7 @@ def _png_header(data: mmap.mmap, path: Path) -> tuple[tuple[int, ...], int]:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise InputError(f"{path}: not a readable PNG image (no header).")
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    if data.rfind(b"IEND") < 0:
+    if data.rfind(_PNG_END) < 0:
         raise InputError(f"{path}: the PNG file is truncated (it has no end chunk); export or copy it again.")
     return (height, width, _PNG_CHANNELS.get(colour, 4)), 2 if depth == 16 else 1
 

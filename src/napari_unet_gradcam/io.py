@@ -11,7 +11,7 @@ import tifffile
 
 from .atomic import atomic_outputs
 from .errors import InputError
-from .headers import check_declared_size, plain_header, quiet_tifffile
+from .headers import check_declared_size, check_tiff_chunks, plain_header, quiet_tifffile
 from .pipeline import ExplainResult
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -35,6 +35,7 @@ def read_image(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.nd
             with quiet_tifffile(), tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 check_declared_size(path, series.shape, series.dtype.itemsize, max_bytes)
+                check_tiff_chunks(path, series.shape, series.keyframe.chunks, series.dtype.itemsize)
                 return series.asarray(), series.axes
         except InputError:
             raise
