@@ -88,3 +88,17 @@ def test_broken_tiff_is_one_message_without_tifffile_log_lines(tmp_path, caplog)
     assert not [r for r in caplog.records if r.name.startswith("tifffile")]  # each would be a stderr line
     tifffile.imwrite(tmp_path / "fine.tif", np.zeros((4, 4), np.uint8))
     assert read_image(tmp_path / "fine.tif")[0].shape == (4, 4)
+
+
+def test_unopenable_image_is_an_input_error_not_a_write_error(tmp_path, monkeypatch):
+    (tmp_path / "p.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    real_open = open
+
+    def refuse(file, *args, **kwargs):  # the OS refusing, as for a file without read permission
+        if str(file).endswith("p.png"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(InputError, match="p.png: could not be opened \\(Permission denied\\)"):
+        read_image(tmp_path / "p.png")

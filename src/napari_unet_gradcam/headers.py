@@ -134,11 +134,15 @@ def plain_header(path: Path) -> tuple[tuple[int, ...], int] | None:
 
     None for other contents (a misnamed file): the decoder recognises those by their bytes itself.
     """
-    with open(path, "rb") as f:
-        try:
+    try:
+        with open(path, "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file cannot be mapped
-            raise InputError(f"{path}: the file is empty.") from None
+    except ValueError:  # an empty file cannot be mapped
+        raise InputError(f"{path}: the file is empty.") from None
+    except OSError as exc:
+        raise InputError(
+            f"{path}: could not be opened ({exc.strerror or exc}); check that it is readable by you."
+        ) from None
     with data:
         if data[:8] == _PNG_SIGNATURE:
             return _png_header(data, path)
