@@ -144,3 +144,51 @@ def test_many_random_files_all_get_a_checkpoint_error(tmp_path):
         path.write_bytes(head + rng.bytes(size))
         with pytest.raises(CheckpointError, match=path.name):
             load_model(path)
+
+
+@pytest.mark.parametrize(
+    "key, shape, message",
+    [
+        ("outc.conv.weight", (0, 4, 1, 1), "number of classes is 0"),
+        ("outc.conv.weight", (300, 4, 1, 1), "number of classes is 300 .*above the limit of 256"),
+        ("inc.double_conv.0.weight", (4, 400, 3, 3), "number of input channels is 400 .*above the limit of 256"),
+        ("inc.double_conv.0.weight", (0, 1, 3, 3), "width is 0"),
+    ],
+)
+def test_declared_shapes_out_of_range_are_refused(tmp_path, key, shape, message):
+    sd = dict(tiny_unet(width=4).state_dict())
+    sd[key] = torch.zeros(1).expand(*shape)  # a zero-stride view: shape only, a few bytes on disk
+    torch.save(sd, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=f"odd.pth: its {message}"):
+        load_model(tmp_path / "odd.pth")
+
+
+def test_non_finite_weights_are_blamed_on_the_checkpoint(tmp_path):
+    sd = dict(tiny_unet(width=4).state_dict())
+    sd["up2.conv.double_conv.3.weight"] = sd["up2.conv.double_conv.3.weight"].clone()
+    sd["up2.conv.double_conv.3.weight"][1, 2, 0, 0] = float("inf")
+    torch.save(sd, tmp_path / "diverged.pth")
+    with pytest.raises(CheckpointError, match="NaN or infinite weights.*'up2.conv.double_conv.3.weight'.*diverged"):
+        load_model(tmp_path / "diverged.pth")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_checkpoint_is_not_called_corrupt(tmp_path):
+    path = tmp_path / "locked.pth"
+    torch.save(tiny_unet(width=4).state_dict(), path)
+    path.chmod(0)
+    with pytest.raises(CheckpointError, match="locked.pth could not be opened \\(Permission denied\\)"):
+        load_model(path)
+
+
+def test_open_failure_is_not_called_corrupt(tmp_path, monkeypatch):
+    # The root-proof twin of the test above: the OS refuses the open, as it does for a locked file.
+    path = tmp_path / "locked.pth"
+    torch.save(tiny_unet(width=4).state_dict(), path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError, match="could not be opened \\(Permission denied\\): check that the file is"):
+        load_model(path)

@@ -1,6 +1,7 @@
 """The console command, run as a user runs it: a subprocess on real files."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import tifffile
 
 from napari_unet_gradcam import save_checkpoint
+from napari_unet_gradcam.io import output_names
 from napari_unet_gradcam.synthetic import nuclei_2d, nuclei_3d
 
 from .conftest import tiny_unet
@@ -156,3 +158,98 @@ def test_train_subcommand_on_user_folders(tmp_path):
     assert "Saved" in r.stdout and (tmp_path / "m.pth").exists()
     r = cli("train", tmp_path / "x.pth", "--images", imgs)
     assert r.returncode == 2 and "--masks" in r.stderr and "Traceback" not in r.stderr
+
+
+def _lines(stderr):
+    return [ln for ln in stderr.splitlines() if ln.strip()]
+
+
+def test_output_that_would_overwrite_an_input_is_refused_before_any_work(files, tmp_path):
+    # `explain *.tif --out .` beside a ground truth named like our labels output.
+    work = tmp_path / "w"
+    work.mkdir()
+    tifffile.imwrite(work / "cell1.tif", nuclei_2d(3, (64, 64)))
+    truth = np.zeros((64, 64), np.uint8)
+    truth[10:20, 10:20] = 1
+    tifffile.imwrite(work / "cell1_labels.tif", truth)
+    before = (work / "cell1_labels.tif").read_bytes()
+    r = cli("explain", "cell1.tif", "cell1_labels.tif", "--model", files / "tiny.pth", "--out", ".", cwd=work)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert _lines(r.stderr) == [
+        "napari-unet-gradcam: error: cell1.tif: its output cell1_labels.tif would overwrite cell1_labels.tif; "
+        "nothing was done for it. Choose another --out folder."
+    ]
+    assert (work / "cell1_labels.tif").read_bytes() == before
+    assert (work / "cell1_labels_labels.tif").exists() and not (work / "cell1_maps.tif").exists()
+    assert "Done: 1 of 2" in r.stdout
+
+
+def test_inputs_writing_the_same_outputs_are_refused(files, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        tifffile.imwrite(tmp_path / sub / "x.tif", nuclei_2d(4, (64, 64)))
+    cv2.imwrite(str(tmp_path / "a" / "x.png"), nuclei_2d(4, (64, 64)).astype(np.uint8))
+    names = [tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif", tmp_path / "a" / "x.png", files / "flat.tif"]
+    r = cli("explain", *names, "--model", files / "tiny.pth", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    errors = _lines(r.stderr)
+    assert len(errors) == 3 and all("would write the same output files (x_*)" in e for e in errors), r.stderr
+    assert sorted(os.listdir(tmp_path / "o")) == sorted(output_names("flat"))
+    assert "Done: 1 of 4" in r.stdout
+
+
+def test_one_file_named_twice_is_explained_once(files, tmp_path):
+    twice = (files / "flat.tif", files / "." / "flat.tif", files / "flat.tif")
+    r = cli("explain", *twice, "--model", files / "tiny.pth", "--out", tmp_path)
+    assert r.returncode == 0 and "Done: 1 of 1" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("out", ["a_file", "a_file/sub"])
+def test_out_that_is_a_file_is_refused_before_loading(files, tmp_path, out):
+    (tmp_path / "a_file").write_text("keep me")
+    r = cli("explain", files / "flat.tif", "--model", files / "tiny.pth", "--out", tmp_path / out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(_lines(r.stderr)) == 1 and "is a file" in r.stderr and "choose" in r.stderr
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_failure_while_writing_one_input_does_not_stop_the_batch(files, tmp_path):
+    out = tmp_path / "o"
+    (out / "flat_labels.tif").mkdir(parents=True)  # the rename onto this name fails
+    r = cli("explain", files / "flat.tif", files / "stack.tif", "--model", files / "tiny.pth", "--out", out)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert _lines(r.stderr) == [ln for ln in _lines(r.stderr) if "flat.tif: could not write its outputs" in ln]
+    assert len(_lines(r.stderr)) == 1 and "Done: 1 of 2" in r.stdout
+    assert (out / "stack_labels.tif").exists() and not [p for p in os.listdir(out) if ".part" in p]
+
+
+def test_sigterm_while_writing_removes_what_was_being_written(files, tmp_path):
+    # The signal arrives right after the first output file of the first input is written.
+    out = tmp_path / "o"
+    driver = (
+        "import os, signal, sys\n"
+        "import napari_unet_gradcam.io as io\n"
+        "real = io.tifffile.imwrite\n"
+        "def imwrite(*a, **k):\n"
+        "    real(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "io.tifffile.imwrite = imwrite\n"
+        "from napari_unet_gradcam.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["explain", files / "flat.tif", files / "stack.tif", "--model", files / "tiny.pth", "--out", out]
+    r = subprocess.run([sys.executable, "-c", driver, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 128 + 15 and "Traceback" not in r.stderr
+    assert _lines(r.stderr) == [
+        "napari-unet-gradcam: error: stopped by SIGTERM; files being written were removed, finished ones kept"
+    ]
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_train_into_a_folder_or_a_missing_folder_fails_at_once(tmp_path):
+    (tmp_path / "models").mkdir()
+    for dest, message in ((tmp_path / "models", "is a folder"), (tmp_path / "nope" / "m.pth", "does not exist")):
+        r = cli("train", dest, "--steps", "1", "--width", "4")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert len(_lines(r.stderr)) == 1 and message in r.stderr and "epoch" not in r.stdout
+    assert os.listdir(tmp_path / "models") == []

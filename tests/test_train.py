@@ -2,10 +2,11 @@
 
 import cv2
 import numpy as np
+import pytest
 import tifffile
 import torch
 
-from napari_unet_gradcam import load_model, predict
+from napari_unet_gradcam import InputError, load_model, predict
 from napari_unet_gradcam.synthetic import generate
 from napari_unet_gradcam.train import train
 
@@ -37,3 +38,69 @@ def test_train_on_user_folders(tmp_path):
     net = load_model(tmp_path / "mine.pth")
     assert net.mask_values == [0, 255] and net.n_classes == 2
     assert predict(tifffile.imread(imgs / "cell_0.tif"), net).shape == (96, 96)
+
+
+def _folders(tmp_path, make_mask, n=3, side=64):
+    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+    imgs.mkdir(exist_ok=True)
+    masks.mkdir(exist_ok=True)
+    for i in range(n):
+        s = generate(300 + i, (side, side))
+        tifffile.imwrite(imgs / f"c{i}.tif", s.image)
+        tifffile.imwrite(masks / f"c{i}.tif", make_mask(s, np.random.default_rng(i)))
+    return imgs, masks
+
+
+def _never_log(line):
+    raise AssertionError(f"training started: {line}")
+
+
+@pytest.mark.parametrize(
+    "make_mask, message",
+    [
+        (lambda s, rng: np.zeros(s.image.shape, np.uint8), "holds only the value 0: there is nothing to learn"),
+        (lambda s, rng: np.full(s.image.shape, 255, np.uint8), "holds only the value 255"),
+        (
+            lambda s, rng: rng.integers(0, 60000, s.image.shape).astype(np.uint16),
+            "more than 256 different values .*Instance labels or images are not masks",
+        ),
+        (
+            lambda s, rng: (s.instances > 0).astype(np.float32) * 0.5,
+            "fractional or non-finite values \\(e.g. 0.5\\).*probability map",
+        ),
+        (lambda s, rng: np.where(s.instances > 0, np.nan, 0).astype(np.float32), "e.g. nan"),
+    ],
+)
+def test_unusable_masks_are_refused_before_training(tmp_path, make_mask, message):
+    imgs, masks = _folders(tmp_path, make_mask)
+    with pytest.raises(InputError, match=message):
+        train(tmp_path / "m.pth", images=imgs, masks=masks, steps=1, log=_never_log, **SMALL)
+    assert not (tmp_path / "m.pth").exists()
+
+
+def test_float_masks_holding_whole_numbers_train(tmp_path):
+    imgs, masks = _folders(tmp_path, lambda s, rng: s.classes.astype(np.float32))
+    train(tmp_path / "m.pth", images=imgs, masks=masks, steps=2, log=None, **SMALL)
+    net = load_model(tmp_path / "m.pth")
+    assert net.mask_values == [0, 1, 2] and net.n_classes == 3
+
+
+@pytest.mark.parametrize(
+    "dest, message",
+    [
+        (lambda t: t, "is a folder; give the checkpoint's file name"),
+        (lambda t: t / "missing" / "m.pth", "the folder .*missing does not exist; create it first"),
+        (lambda t: t / "imgs" / "c0.tif", "it would overwrite a file in"),
+    ],
+)
+def test_bad_destinations_are_refused_before_training(tmp_path, dest, message):
+    imgs, masks = _folders(tmp_path, lambda s, rng: s.classes.astype(np.uint8), n=2)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(InputError, match=message):
+        train(dest(tmp_path), images=imgs, masks=masks, steps=1, log=_never_log, **SMALL)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_missing_image_folder_is_named(tmp_path):
+    with pytest.raises(InputError, match="--images .*nowhere is not a folder"):
+        train(tmp_path / "m.pth", images=tmp_path / "nowhere", masks=tmp_path, steps=1, log=_never_log, **SMALL)

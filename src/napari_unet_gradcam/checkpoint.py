@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -22,13 +23,27 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_outputs
 from .device import resolve_device
-from .errors import CheckpointError
+from .errors import CheckpointError, UnetGradcamError
 from .model import UNet
 
 FORMAT_KEY = "unet_gradcam"
 DEFAULT_MODEL_FILE = "nuclei_unet_w16.pth"
 _PREFIXES = ("module.", "_orig_mod.")
+
+# Limits checked before anything is allocated: a few-KB file can declare a network or an archive
+# of many GB (zero-stride tensors, deflated zeros). Upstream's UNet is width 64 (deepest layer 64*16
+# = 1024 channels, 31M parameters, 124 MB); width 128 has 124M parameters (0.5 GB in float32).
+MAX_WIDTH = 128
+MAX_CHANNELS = 256
+MAX_CLASSES = 256
+#: Uncompressed bytes of a zip checkpoint: a width-128 network in float64, with room to spare.
+MAX_ARCHIVE_BYTES = 3 << 29
+#: Metadata nesting and size (plain values only; ours is 3 levels and a few hundred entries).
+MAX_METADATA_DEPTH = 32
+MAX_METADATA_ITEMS = 100_000
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def default_model_path() -> Path:
@@ -44,14 +59,40 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse a zip checkpoint whose members would inflate past MAX_ARCHIVE_BYTES.
+
+    torch's reader allocates each record at the size its zip directory declares, then inflates
+    into it, so those declared sizes bound what loading can allocate. torch.save stores records
+    uncompressed; an archive that zipfile cannot parse is refused rather than handed to torch.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != _ZIP_MAGIC:
+            return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except Exception as exc:  # BadZipFile, struct and value errors from a mangled directory
+        raise CheckpointError(
+            f"Checkpoint {path} is a damaged zip archive ({exc}): it is truncated or corrupt; save it again."
+        ) from None
+    if declared > MAX_ARCHIVE_BYTES:
+        raise CheckpointError(
+            f"Checkpoint {path} would unpack to {declared / 2**30:.1f} GiB from a "
+            f"{path.stat().st_size / 2**20:.1f} MiB file; the limit is {MAX_ARCHIVE_BYTES / 2**30:.1f} GiB "
+            f"(a width-{MAX_WIDTH} network). Refused before loading: use a checkpoint saved by torch.save."
+        )
+
+
 def _read(path: Path) -> Any:
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist: check the path.")
     if path.is_dir():
         raise CheckpointError(f"Checkpoint {path} is a directory: choose the .pth file inside it.")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): the file was not saved completely.")
     try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): the file was not saved completely.")
+        _check_archive(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses any object that is not plain data: such a file is hostile or not ours.
@@ -60,12 +101,58 @@ def _read(path: Path) -> Any:
             f"Checkpoint {path} was refused: it holds objects other than tensors and plain values, "
             f"which could run code when loaded ({first}). Save the model's state_dict instead."
         ) from exc
+    except OSError as exc:  # before any byte was parsed: permissions, a FIFO, an I/O error
+        raise CheckpointError(
+            f"Checkpoint {path} could not be opened ({exc.strerror or exc}): check that the file is readable by you."
+        ) from None
+    except UnetGradcamError:
+        raise
     except Exception as exc:  # random or truncated bytes fail in many ways inside the unpickler
+        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):  # torch's allocator
+            raise CheckpointError(
+                f"Checkpoint {path} needs more memory than this process can get: free some, or use a bigger machine."
+            ) from None
         # weights_only already refused anything executable; what is left is a file we cannot parse.
         raise CheckpointError(
             f"Checkpoint {path} could not be read as a PyTorch file ({type(exc).__name__}): "
             "it is truncated, corrupt, or not a checkpoint."
         ) from exc
+
+
+def _plain_metadata(meta: Any, path: Path) -> dict:
+    """Our metadata entry, checked to be shallow plain values (it reaches JSON and the widget)."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(
+            f"Checkpoint {path}: its {FORMAT_KEY!r} entry is of type {type(meta).__name__}, not a dictionary "
+            "of metadata; remove that entry or save the model again with save_checkpoint."
+        )
+    stack, items = [(meta, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        items += 1
+        if depth > MAX_METADATA_DEPTH:
+            raise CheckpointError(
+                f"Checkpoint {path}: its {FORMAT_KEY!r} metadata is nested deeper than {MAX_METADATA_DEPTH} "
+                "levels; remove that entry or save the model again with save_checkpoint."
+            )
+        if items > MAX_METADATA_ITEMS:
+            raise CheckpointError(
+                f"Checkpoint {path}: its {FORMAT_KEY!r} metadata holds more than {MAX_METADATA_ITEMS} values; "
+                "remove that entry or save the model again with save_checkpoint."
+            )
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+    for key in ("preprocess", "training"):
+        if not isinstance(meta.get(key), (Mapping, type(None))):
+            raise CheckpointError(
+                f"Checkpoint {path}: metadata {key!r} is of type {type(meta[key]).__name__}, not a dictionary; "
+                f"remove it from the {FORMAT_KEY!r} entry."
+            )
+    return dict(meta)
 
 
 def _split(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list | None, dict]:
@@ -75,11 +162,11 @@ def _split(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list | None, 
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         sd = dict(obj["state_dict"])
         mask_values = obj.get("mask_values")
-        meta = dict(obj.get(FORMAT_KEY) or {})
+        meta = _plain_metadata(obj.get(FORMAT_KEY), path)
     else:
         sd = dict(obj)
         mask_values = sd.pop("mask_values", None)
-        meta = dict(sd.pop(FORMAT_KEY, None) or {})
+        meta = _plain_metadata(sd.pop(FORMAT_KEY, None), path)
     clean: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
@@ -102,6 +189,22 @@ def _architecture(sd: Mapping[str, torch.Tensor], path: Path) -> dict:
         ) from None
     if first.ndim != 4 or last.ndim != 4:
         raise CheckpointError(f"Checkpoint {path}: the 'inc' and 'outc' weights are not 2-D convolutions.")
+    # Shapes only (no tensor is touched): a zero-stride view can declare any width in a few bytes.
+    declared = (
+        ("width", "'inc.double_conv.0.weight'", int(first.shape[0]), MAX_WIDTH),
+        ("number of input channels", "'inc.double_conv.0.weight'", int(first.shape[1]), MAX_CHANNELS),
+        ("number of classes", "'outc.conv.weight'", int(last.shape[0]), MAX_CLASSES),
+    )
+    for what, key, value, limit in declared:
+        if value < 1:
+            raise CheckpointError(
+                f"Checkpoint {path}: its {what} is 0 (from the shape of {key}); it is not a usable network."
+            )
+        if value > limit:
+            raise CheckpointError(
+                f"Checkpoint {path}: its {what} is {value} (from the shape of {key}), above the limit of "
+                f"{limit} (upstream's UNet: width 64, 1024 channels at its deepest); refused before building it."
+            )
     return {
         "n_channels": int(first.shape[1]),
         "n_classes": int(last.shape[0]),
@@ -134,6 +237,12 @@ def build_model(sd: Mapping[str, torch.Tensor], source: str | Path = "<state_dic
             f"({arch['n_channels']} channels, {arch['n_classes']} classes, width {arch['width']}, "
             f"bilinear={arch['bilinear']}): {' '.join(d.strip() for d in detail[1:])[:400]}"
         ) from None
+    bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"Checkpoint {path} holds NaN or infinite weights in {len(bad)} tensor(s) (first: {bad[0]!r}): "
+            "the training that saved it diverged; use an earlier checkpoint."
+        )
     return net
 
 
@@ -185,8 +294,9 @@ def save_checkpoint(
 ) -> Path:
     """Write ``net`` in this project's layout (readable by :func:`load_model`).
 
-    The file is written next to its destination first and then renamed, so a failed save never
-    leaves a truncated checkpoint under the final name.
+    The file is written under a fresh, exclusively created name next to its destination and then
+    renamed (see ``atomic.py``), so a failed save never leaves a truncated checkpoint under the
+    final name, and a link planted in the folder is never followed.
     """
     path = Path(path)
     n_out = max(net.n_classes, 2)
@@ -203,7 +313,6 @@ def save_checkpoint(
         "mask_values": list(mask_values or getattr(net, "mask_values", None) or range(n_out)),
         FORMAT_KEY: meta,
     }
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_outputs() as new_file:
+        torch.save(payload, new_file(path))
     return path

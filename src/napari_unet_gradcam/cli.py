@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
 from .allocator import pin_glibc_thresholds
-from .errors import UnetGradcamError
+from .errors import InputError, UnetGradcamError
 from .methods import METHODS
 from .model import DECODER_LAYERS
 
@@ -33,6 +36,73 @@ class _Bar:
 
 def _fail(msg: str) -> None:
     sys.stderr.write(f"napari-unet-gradcam: error: {msg}\n")
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is so it unwinds like Ctrl-C (temporary files go)."""
+
+
+def _on_signal(signum, frame) -> None:
+    raise _Terminated(signum)
+
+
+def _key(path: Path) -> str:
+    # Case-folded: on macOS and Windows names that differ only in case are one file.
+    return os.path.realpath(path).casefold()
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that is a file or cannot be written in, before any work."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder; choose a folder (it is created if missing).")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out}: {existing} is a file, so the folder cannot be created; choose another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {existing} is not writable by you; choose a folder you can write to.")
+
+
+def _collisions(args, names: Sequence[str]) -> dict[str, str]:
+    """Inputs whose outputs would overwrite an input, the model, or another input's outputs."""
+    from .io import output_names
+
+    out = Path(args.out)
+    protected = {_key(Path(n)): n for n in [*names, args.model] if n}
+    inodes = {}  # hard links, and one file under two spellings
+    for n in protected.values():
+        try:
+            st = os.stat(n)
+            inodes[st.st_dev, st.st_ino] = n
+        except OSError:
+            pass
+    owners: dict[str, list[str]] = {}
+    for name in names:
+        owners.setdefault(Path(name).stem.casefold(), []).append(name)
+    refused = {}
+    for name in names:
+        stem = Path(name).stem
+        for out_name in output_names(stem, args.probabilities, args.instances):
+            target = out / out_name
+            hit = protected.get(_key(target))
+            if hit is None and target.exists():
+                st = os.stat(target)
+                hit = inodes.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                refused[name] = (
+                    f"{name}: its output {target} would overwrite {hit}; nothing was done for it. "
+                    "Choose another --out folder."
+                )
+                break
+        sharing = owners[stem.casefold()]
+        if name not in refused and len(sharing) > 1:
+            others = ", ".join(n for n in sharing if n != name)
+            refused[name] = (
+                f"{name}: would write the same output files ({stem}_*) as {others}; nothing was done for "
+                "either. Rename one, or run them with different --out folders."
+            )
+    return refused
 
 
 def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> int:
@@ -88,11 +158,29 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> in
         except MemoryError:
             failed += 1
             _fail(f"{name}: out of memory; pass --tile-size 512 (or smaller).")
+        except OSError as exc:  # writing: disk full, permissions, a folder where an output goes
+            failed += 1
+            _fail(f"{name}: could not write its outputs ({exc}); nothing was left for it. Check the --out folder.")
+        except Exception as exc:  # one input's surprise must not cost the rest of the batch
+            if args.debug:
+                raise
+            failed += 1
+            _fail(f"{name}: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
     return failed
 
 
 def _cmd_explain(args) -> int:
-    failed = _explain_files(args, [(p, p, None) for p in args.images])
+    _check_out_folder(Path(args.out))
+    once: dict[str, str] = {}
+    for name in args.images:  # one file named twice (a.tif, ./a.tif) is explained once
+        once.setdefault(os.path.realpath(name), name)
+    args.images = list(once.values())
+    refused = _collisions(args, args.images)
+    for name in args.images:
+        if name in refused:
+            _fail(refused[name])
+    todo = [n for n in args.images if n not in refused]
+    failed = len(refused) + (_explain_files(args, [(p, p, None) for p in todo]) if todo else 0)
     ok = len(args.images) - failed
     print(f"Done: {ok} of {len(args.images)} image(s) explained, outputs in {args.out}.")
     return 1 if failed else 0
@@ -101,6 +189,7 @@ def _cmd_explain(args) -> int:
 def _cmd_demo(args) -> int:
     from .synthetic import nuclei_2d
 
+    _check_out_folder(Path(args.out))
     args.images = ["synthetic_nuclei.tif"]
     failed = _explain_files(args, [("synthetic_nuclei.tif", nuclei_2d(seed=7), "YX")])
     if not failed:
@@ -179,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.classes = _classes(args.classes)
     handler = {"demo": _cmd_demo, "explain": _cmd_explain, "train": _cmd_train}[args.command]
     pin_glibc_thresholds()
+    signals = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _on_signal) for s in signals}
     try:
         return handler(args)
     except UnetGradcamError as exc:
@@ -187,11 +280,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
+    except _Terminated as exc:
+        signum = exc.args[0]
+        _fail(f"stopped by {signal.Signals(signum).name}; files being written were removed, finished ones kept")
+        return 128 + signum
     except Exception as exc:
         if args.debug:
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return 3
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 if __name__ == "__main__":

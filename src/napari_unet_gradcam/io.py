@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
 
+from .atomic import atomic_outputs
 from .errors import InputError
+from .headers import check_declared_size, check_tiff_chunks, plain_header, quiet_tifffile
 from .pipeline import ExplainResult
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
-    """The image and its axes string where the file records one (TIFF), else None."""
+def read_image(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.ndarray, str | None]:
+    """The image and its axes string where the file records one (TIFF), else None.
+
+    The shape the file declares is checked before decoding (``headers.check_declared_size``;
+    ``max_bytes``: the float32 size allowed, default half the memory available).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file.")
@@ -29,12 +32,19 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         try:
-            with tifffile.TiffFile(path) as tif:
+            with quiet_tifffile(), tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
+                check_declared_size(path, series.shape, series.dtype.itemsize, max_bytes)
+                check_tiff_chunks(path, series.shape, series.keyframe.chunks, series.dtype.itemsize)
                 return series.asarray(), series.axes
+        except InputError:
+            raise
         except Exception as exc:  # tifffile raises many types for broken files
             raise InputError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc}).") from None
     if suffix in PLAIN_SUFFIXES:
+        declared = plain_header(path)
+        if declared is not None:
+            check_declared_size(path, *declared, max_bytes)
         data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if data is None:
             raise InputError(f"{path}: not a readable {suffix[1:].upper()} image.")
@@ -42,6 +52,13 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
             data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
         return data, None
     raise InputError(f"{path}: unsupported file type {suffix or '(none)'}; use TIFF, PNG or JPEG.")
+
+
+def output_names(stem: str, probabilities: bool = False, instances: bool = False) -> list[str]:
+    """Every file name ``write_result`` may write for ``stem`` (maps and sheet only when there are maps)."""
+    names = [f"{stem}_labels.tif", f"{stem}_maps.tif", f"{stem}_contact_sheet.png"]
+    names += [f"{stem}_instances.tif"] * instances + [f"{stem}_probabilities.tif"] * probabilities
+    return names + [f"{stem}_metadata.json"]
 
 
 def layout_from_axes(axes: str | None, shape: tuple[int, ...]) -> dict:
@@ -53,26 +70,6 @@ def layout_from_axes(axes: str | None, shape: tuple[int, ...]) -> dict:
     if "C" in axes:
         return {"channel_axis": axes.index("C"), "rgb": False}
     return {"rgb": False}
-
-
-@contextmanager
-def atomic_outputs() -> Iterator[callable]:
-    """Collect files written through ``target(path)``; on failure remove every one of them."""
-    written: list[tuple[Path, Path]] = []
-
-    def target(final: Path) -> Path:
-        tmp = final.with_name(final.name + ".part")
-        written.append((tmp, final))
-        return tmp
-
-    try:
-        yield target
-        for tmp, final in written:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -164,7 +161,7 @@ def write_result(
                 img2d = img2d.mean(0)
             p = out_dir / f"{stem}_contact_sheet.png"
             ok, buf = cv2.imencode(".png", contact_sheet(img2d, res, mid))
-            target(p).write_bytes(buf.tobytes())
+            target(p).write(buf.tobytes())
             finals.append(p)
         if instances:
             p = out_dir / f"{stem}_instances.tif"
@@ -175,6 +172,6 @@ def write_result(
             tifffile.imwrite(target(p), res.probabilities, metadata={"axes": "C" + yx, "classes": names})
             finals.append(p)
         p = out_dir / f"{stem}_metadata.json"
-        target(p).write_text(json.dumps(res.metadata, indent=2, default=str))
+        target(p).write(json.dumps(res.metadata, indent=2, default=str).encode())
         finals.append(p)
     return finals

@@ -7,6 +7,7 @@ name, and writes the upstream checkpoint layout plus this project's metadata.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint
+from .checkpoint import MAX_CLASSES, save_checkpoint
 from .errors import InputError
 from .image import PERCENTILES, apply_preprocess
 from .model import UNet
@@ -52,6 +53,9 @@ def folder_set(images: Path, masks: Path) -> tuple[list[np.ndarray], list[np.nda
     """Images and masks matched by file stem; mask values become classes in sorted order, as upstream."""
     from .io import read_image
 
+    for what, folder in (("--images", images), ("--masks", masks)):
+        if not Path(folder).is_dir():
+            raise InputError(f"{what} {folder} is not a folder; give the folder that holds the files.")
     pairs = []
     mask_files = {p.stem.removesuffix("_mask"): p for p in sorted(Path(masks).iterdir()) if p.is_file()}
     for p in sorted(Path(images).iterdir()):
@@ -59,7 +63,7 @@ def folder_set(images: Path, masks: Path) -> tuple[list[np.ndarray], list[np.nda
             pairs.append((p, mask_files[p.stem]))
     if not pairs:
         raise InputError(f"No image in {images} has a mask of the same name in {masks}.")
-    imgs, raw_masks = [], []
+    imgs, raw_masks, values = [], [], set()
     for ip, mp in pairs:
         img = read_image(ip)[0]
         if img.ndim == 3:
@@ -69,12 +73,52 @@ def folder_set(images: Path, masks: Path) -> tuple[list[np.ndarray], list[np.nda
             m = m[..., 0]
         if m.shape != img.shape:
             raise InputError(f"Mask {mp} has shape {m.shape}, but its image {ip} has {img.shape}.")
+        values.update(_class_values(m, mp))
+        if len(values) > MAX_CLASSES:
+            raise InputError(
+                f"The masks hold more than {MAX_CLASSES} different values (counting up to {mp}): a mask holds one "
+                "value per class (e.g. 0 background, 255 nucleus). Instance labels or images are not masks; "
+                "turn instance labels into one class with labels > 0."
+            )
         imgs.append(_normalise(img))
         raw_masks.append(m)
-    mask_values = sorted({int(v) for m in raw_masks for v in np.unique(m)})
-    lut = {v: i for i, v in enumerate(mask_values)}
-    masks_idx = [np.vectorize(lut.__getitem__)(m).astype(np.int64) for m in raw_masks]
+    if len(values) < 2:
+        raise InputError(
+            f"Every mask in {masks} holds only the value {values.pop()}: there is nothing to learn. The masks "
+            "must mark objects with a value other than the background's."
+        )
+    mask_values = sorted(values)
+    # Every mask value is in mask_values, so its sorted position is its class index.
+    masks_idx = [np.searchsorted(mask_values, m).astype(np.int64) for m in raw_masks]
     return imgs, masks_idx, mask_values
+
+
+def _class_values(mask: np.ndarray, path: Path) -> set[int]:
+    """The integer values of one mask; refuse fractions, NaN and non-numeric data."""
+    if mask.dtype.kind not in "biuf":
+        raise InputError(f"Mask {path} holds {mask.dtype} data; masks hold integer class values.")
+    found = np.unique(mask)
+    whole = np.isfinite(found) & (found == np.round(found)) if mask.dtype.kind == "f" else np.ones(len(found), bool)
+    if not whole.all():
+        odd = found[~whole][0]
+        raise InputError(
+            f"Mask {path} holds fractional or non-finite values (e.g. {odd}): a mask holds one integer value per "
+            "class. Is it a probability map? Threshold it and save it as 8- or 16-bit integers."
+        )
+    return {int(v) for v in found}
+
+
+def check_destination(out: Path, *inputs: Path | None) -> None:
+    """Refuse a checkpoint path that cannot be written, before any training time is spent."""
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; give the checkpoint's file name, e.g. {out / 'model.pth'}.")
+    if not out.parent.is_dir():
+        raise InputError(f"Cannot save to {out}: the folder {out.parent} does not exist; create it first.")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise InputError(f"Cannot save to {out}: the folder {out.parent} is not writable by you.")
+    for folder in inputs:
+        if folder is not None and out.exists() and out.resolve().parent == Path(folder).resolve():
+            raise InputError(f"Cannot save to {out}: it would overwrite a file in {folder}; save it elsewhere.")
 
 
 def _batch(rng: random.Random, imgs, masks, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +182,8 @@ def train(
     **overrides,
 ) -> dict:
     """Train and save a checkpoint at ``out``; return the training record stored in it."""
+    out = Path(out)
+    check_destination(out, *(Path(p) for p in (images, masks) if p is not None))
     recipe = dict(DEFAULT_RECIPE, **overrides)
     for key, val in (("steps", steps), ("seed", seed), ("width", width)):
         if val is not None:
