@@ -32,7 +32,8 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: p.write_bytes(os.urandom(4096)), "could not be read|refused"),
+        (lambda p: p.write_bytes(b"\x00" + os.urandom(4096)), "not a PyTorch checkpoint"),
+        (lambda p: p.write_bytes(b"\x80" + os.urandom(4096)), "could not be read|refused"),
         (lambda p: p.write_bytes(b""), "empty"),
         (lambda p: p.mkdir(), "directory"),
         (lambda p: None, "does not exist"),

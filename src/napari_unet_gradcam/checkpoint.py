@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from importlib import resources
@@ -84,6 +85,13 @@ def _check_archive(path: Path) -> None:
         )
 
 
+def _looks_like_torch_save(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle (the legacy format starts with one)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def _read(path: Path) -> Any:
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist: check the path.")
@@ -93,14 +101,22 @@ def _read(path: Path) -> Any:
         if path.stat().st_size == 0:
             raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): the file was not saved completely.")
         _check_archive(path)
+        if not _looks_like_torch_save(path):
+            raise CheckpointError(
+                f"Checkpoint {path} is not a PyTorch checkpoint (torch.save writes a zip archive or, in old "
+                "versions, a pickle; this file is neither): choose the .pth file your training wrote."
+            )
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refuses any object that is not plain data: such a file is hostile or not ours.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # weights_only refuses any object that is not plain data. PyTorch's text goes on to suggest
+        # weights_only=False, advice a user must never take for a file they did not make: name only
+        # the offending global, if the error says which.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" (it refers to {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"Checkpoint {path} was refused: it holds objects other than tensors and plain values, "
-            f"which could run code when loaded ({first}). Save the model's state_dict instead."
-        ) from exc
+            f"Checkpoint {path} was refused: it holds objects other than tensors and plain values{what}, "
+            "and loading those could run code. Save the model's state_dict instead."
+        ) from None
     except OSError as exc:  # before any byte was parsed: permissions, a FIFO, an I/O error
         raise CheckpointError(
             f"Checkpoint {path} could not be opened ({exc.strerror or exc}): check that the file is readable by you."
