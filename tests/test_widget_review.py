@@ -213,13 +213,16 @@ def test_export_writes_what_the_cli_writes(ready, qtbot, tmp_path):
     assert not widget.export_btn.enabled
     run_and_wait(qtbot, widget)
     assert widget.export_btn.enabled
-    paths = widget.export(tmp_path / "out")
+    paths = widget.export(tmp_path / "out", wait=True)
     names = sorted(p.name for p in paths)
     assert names == ["img_contact_sheet.png", "img_labels.tif", "img_maps.tif", "img_metadata.json"]
     np.testing.assert_array_equal(
         tifffile.imread(tmp_path / "out" / "img_labels.tif"), viewer.layers["img labels (UNet)"].data
     )
     assert tifffile.imread(tmp_path / "out" / "img_maps.tif").shape == (2, 3, 64, 64)
+    widget.export(tmp_path / "async")  # the button's way: written in a worker thread
+    qtbot.waitUntil(lambda: widget.status.value.startswith("Exported 4 file(s)"), timeout=30000)
+    assert (tmp_path / "async" / "img_maps.tif").exists()
 
 
 def test_probabilities_under_the_cursor(ready, qtbot):

@@ -545,25 +545,47 @@ class GradCamWidget(Container):
         if folder:
             self.export(folder)
 
-    def export(self, folder: str | Path) -> list[Path]:
-        """Write the last run as the CLI does: labels and maps TIFF, contact sheet PNG, metadata JSON."""
+    def export(self, folder: str | Path, wait: bool = False) -> list[Path]:
+        """Write the last run as the CLI does: labels and maps TIFF, contact sheet PNG, metadata JSON.
+
+        Writes in a worker thread (large stacks take a while); ``wait=True`` writes here and
+        returns the paths (scripts and tests).
+        """
+        from napari.qt.threading import thread_worker
+
         from .io import write_result
 
         if self._last is None:
             self._set_status("Nothing to export: press Run first.", error=True)
             return []
         snap, res, _ = self._last
-        image = np.asarray(snap.data)
         stem = re.sub(r"[^\w.-]+", "_", snap.name).strip("_") or "image"
         n_stack = res.labels.ndim - 2
         axes = "QTZ"[-n_stack:] if n_stack else ""
-        try:
-            paths = write_result(res, image, Path(folder), stem, stack_axes=axes, rgb=snap.rgb)
-        except (OSError, UnetGradcamError) as exc:
+
+        def write():
+            return write_result(res, np.asarray(snap.data), Path(folder), stem, stack_axes=axes, rgb=snap.rgb)
+
+        def failed(exc):
             self._set_status(f"Could not export to {folder}: {exc}", error=True)
-            return []
-        self._set_status(f"Exported {len(paths)} file(s) to {folder}.")
-        return paths
+
+        def written(paths):
+            self._set_status(f"Exported {len(paths)} file(s) to {folder}.")
+
+        if wait:
+            try:
+                paths = write()
+            except (OSError, UnetGradcamError) as exc:
+                failed(exc)
+                return []
+            written(paths)
+            return paths
+        self._set_status(f"Exporting to {folder} ...")
+        worker = thread_worker(write, start_thread=False, ignore_errors=True)()
+        worker.returned.connect(written)
+        worker.errored.connect(failed)
+        worker.start()
+        return []
 
     # -- closing ---------------------------------------------------------------------------------
     def close_widget(self) -> None:
