@@ -80,3 +80,16 @@ def test_region_outside_the_image_is_refused_clearly():
         region_mask(Shapes([]), image)
     with pytest.raises(UnetGradcamError, match="Labels, Shapes or Points"):
         region_mask(None, image)
+
+
+def test_a_region_on_a_pyramid_level_grid():
+    base = np.zeros((256, 256), np.float32)
+    pyramid = Image([base, base[::2, ::2], base[::4, ::4]], multiscale=True, scale=(0.5, 0.5), translate=(10, 20))
+    shapes = Shapes([rect(30, 40, 40, 50)], shape_type="rectangle")
+    mask = region_mask(shapes, pyramid, level=1)  # level 1: scale 1, translate (10.25, 20.25)
+    ys, xs = np.nonzero(mask)
+    assert mask.shape == (128, 128)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 29, 20, 29)
+    full = region_mask(shapes, pyramid)  # level 0: scale 0.5, translate (10, 20)
+    ys, xs = np.nonzero(full)
+    assert full.shape == (256, 256) and (ys.min(), ys.max(), xs.min(), xs.max()) == (40, 60, 40, 60)

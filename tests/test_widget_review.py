@@ -263,3 +263,27 @@ def test_rgb_image_one_channel_of_it(make_napari_viewer, qtbot, checkpoint):
     assert viewer.layers["rgb labels (UNet)"].data.shape == (48, 48), widget.status.value
     assert md["method"] == "gradcam"
     np.testing.assert_array_equal(viewer.layers["rgb"].data, rgb)
+
+
+def test_pyramid_level_is_explained_and_placed_over_the_pyramid(make_napari_viewer, qtbot, checkpoint, monkeypatch):
+    monkeypatch.setattr(_widget, "DEFAULT_MAX_PIXELS", 130 * 130)  # as if level 0 were a whole slide
+    base = np.random.default_rng(3).random((256, 256)).astype(np.float32)
+    levels = [base, base.reshape(128, 2, 128, 2).mean((1, 3)), base.reshape(64, 4, 64, 4).mean((1, 3))]
+    viewer = make_napari_viewer()
+    pyramid = viewer.add_image(levels, multiscale=True, name="slide", scale=(0.5, 0.5), translate=(10, 20))
+    widget = open_widget(viewer)
+    use_checkpoint(widget, checkpoint)
+    widget.layers.value = ["up4"]
+    assert widget.level.value == 1 and not widget.level.native.isHidden()  # the finest level that fits
+    viewer.add_shapes([[[30, 40], [30, 50], [40, 50], [40, 40]]], shape_type="rectangle", name="roi")
+    viewer.layers.selection.active = pyramid
+    widget.target.value = "region or point from layer"
+    widget.region.value = viewer.layers["roi"]
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["slide labels (UNet)"]
+    assert labels.data.shape == (128, 128), widget.status.value
+    np.testing.assert_allclose(labels.scale, (1.0, 1.0))
+    np.testing.assert_allclose(labels.translate, (10.25, 20.25))  # napari's own 'extract level' placement
+    # A level-1 pixel and the world point of its centre agree through both transforms.
+    np.testing.assert_allclose(labels.data_to_world((40, 60)), pyramid.data_to_world((80.5, 120.5)))
+    np.testing.assert_array_equal(np.asarray(pyramid.data[0]), base)  # the user's data untouched

@@ -172,8 +172,12 @@ class GridView:
     def _under(self, cell: Cell):
         src = self.source
         n = np.ndim(cell.heat)
-        if src is not None and src in self.viewer.layers and tuple(np.shape(src.data)[:n]) == np.shape(cell.heat):
-            return src.data, src.contrast_limits
+        if src is None or src not in self.viewer.layers:
+            return None, (0.0, 1.0)
+        levels = list(src.data) if getattr(src, "multiscale", False) else [src.data]
+        for data in levels:  # the pyramid level the maps were made on
+            if tuple(np.shape(data)[:n]) == np.shape(cell.heat):
+                return data, src.contrast_limits
         return None, (0.0, 1.0)
 
     def show(self, source=None) -> Iterator[None]:

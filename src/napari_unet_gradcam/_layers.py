@@ -42,9 +42,11 @@ class Snapshot:
     slice_index: tuple = ()
 
     @classmethod
-    def of(cls, layer, params: dict, slice_index: tuple = ()) -> Snapshot:
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        scale, translate = tuple(layer.scale), tuple(layer.translate)
+    def of(cls, layer, params: dict, slice_index: tuple = (), level: int = 0) -> Snapshot:
+        from ._regions import level_placement
+
+        data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
+        scale, translate = level_placement(layer, level)
         if slice_index:
             data = data[slice_index]
             # The result stays a (1, ..., Y, X) volume placed at the slice, not a 2-D layer shown on every slice.

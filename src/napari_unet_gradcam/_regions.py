@@ -28,10 +28,32 @@ def _region_to_image(image, region) -> tuple[np.ndarray, np.ndarray]:
     return _affine(lambda p: image.world_to_data(region.data_to_world(p)), region.ndim)
 
 
-def image_shape(layer) -> tuple[int, ...]:
-    """The layer's data shape without an RGB(A) axis (level 0 of a pyramid)."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+def image_shape(layer, level: int = 0) -> tuple[int, ...]:
+    """The layer's data shape without an RGB(A) axis (one level of a pyramid)."""
+    data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
     return tuple(data.shape[:-1] if getattr(layer, "rgb", False) else data.shape)
+
+
+def level_placement(layer, level: int = 0) -> tuple[tuple, tuple]:
+    """(scale, translate) of one pyramid level as a layer of its own, as napari's 'extract level'
+    action places it: scale times the downsample factor, centres shifted by (factor - 1) / 2."""
+    scale, translate = np.asarray(layer.scale, float), np.asarray(layer.translate, float)
+    if getattr(layer, "multiscale", False) and level:
+        f = np.asarray(layer.downsample_factors[level], float)
+        translate = translate + (f - 1) / 2 * scale
+        scale = scale * f
+    return tuple(scale), tuple(translate)
+
+
+def level_grid(layer, level: int = 0):
+    """The pixel grid of one pyramid level as a throwaway layer (its data a zero-stride view)."""
+    if not getattr(layer, "multiscale", False) or not level:
+        return layer
+    from napari.layers import Image
+
+    scale, translate = level_placement(layer, level)
+    zeros = np.broadcast_to(np.zeros((), np.uint8), image_shape(layer, level))
+    return Image(zeros, scale=scale, translate=translate)
 
 
 def _labels_mask(layer, image, shape) -> np.ndarray:
@@ -73,9 +95,11 @@ def _points_mask(layer, image, shape) -> np.ndarray:
     return np.broadcast_to(mask, shape)
 
 
-def region_mask(region, image, slice_index: tuple = ()) -> np.ndarray:
+def region_mask(region, image, slice_index: tuple = (), level: int = 0) -> np.ndarray:
     """Boolean mask on the image's grid (stack and spatial shape) marking the region's pixels."""
     from napari.layers import Labels, Points, Shapes
+
+    image = level_grid(image, level)
 
     if region is None:
         raise UnetGradcamError(

@@ -37,7 +37,7 @@ from ._grid import GridView
 from ._job import Runner, RunState, step_through
 from ._layers import STACK_AXES, Snapshot, build_layers, iter_apply_layers, keep_run, mark, source_id
 from ._models import describe, get_model
-from ._regions import image_shape, region_mask
+from ._regions import image_shape, level_grid, region_mask
 from .errors import UnetGradcamError
 from .methods import METHODS
 from .model import ALL_LAYERS, DECODER_LAYERS
@@ -80,6 +80,8 @@ TIPS = {
     "objects are twice the size the model knows. Results come back at full size.",
     "channels": "For an RGB image and a one-channel model: which channel to use, or their mean.",
     "current_slice": "For stacks: explain only the slice on screen (much faster on long stacks).",
+    "level": "For multiscale (pyramid) images: the level to explain, 0 = full resolution. Chosen by default "
+    "as the finest level of at most 4096x4096 pixels; results are placed over the whole pyramid.",
     "tile_size": "Tile edge in pixels for large images; 0 chooses from free memory. Maps use global weights.",
     "device": "Where the network runs: auto picks CUDA, then Apple MPS, then CPU.",
     "more": "Show preprocessing, scale, channels, output and performance options.",
@@ -89,6 +91,19 @@ TIPS = {
     "grid_btn": "Show the maps side by side, each over the image; kept runs become rows. Press again to leave.",
     "export_btn": "Save the last run as the CLI does: labels and maps TIFF, contact sheet PNG, metadata JSON.",
 }
+
+
+# The finest pyramid level explained by default: a whole slide's level 0 does not fit in RAM.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def default_level(layer) -> int:
+    """The finest level of a pyramid with at most DEFAULT_MAX_PIXELS pixels per plane."""
+    for i, level in enumerate(layer.data):
+        shape = level.shape[:-1] if getattr(layer, "rgb", False) else level.shape
+        if int(np.prod(shape[-2:])) <= DEFAULT_MAX_PIXELS:
+            return i
+    return len(layer.data) - 1
 
 
 def _devices() -> list[str]:
@@ -156,6 +171,8 @@ class GradCamWidget(Container):
         self.scale = FloatSpinBox(label="scale", min=0.05, max=4.0, step=0.05, value=1.0)
         self.channels = ComboBox(label="RGB channels", choices=list(CHANNELS), value="as is")
         self.current_slice = CheckBox(text="current slice only", value=False)
+        self.level = SpinBox(label="pyramid level", min=0, max=0, value=0, visible=False)
+        self._level_for = None
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="one layer per map")
         self.instances = CheckBox(text="also split nuclei into instances", value=False)
         self.tile_size = SpinBox(label="tile size (0 = auto)", min=0, max=16384, step=64, value=0)
@@ -201,6 +218,7 @@ class GradCamWidget(Container):
                 self.method,
                 self.target,
                 self.region,
+                self.level,
                 self.normalize,
                 self.more,
                 *self._advanced,
@@ -287,9 +305,16 @@ class GradCamWidget(Container):
         self._update_channel_choice()
 
     def _update_channel_choice(self) -> None:
-        rgb = bool(getattr(self._source, "rgb", False))
+        src = self._source
+        rgb = bool(getattr(src, "rgb", False))
         self.channels.visible = rgb and bool(self.more.value)
-        self.current_slice.enabled = self._source is not None and len(image_shape(self._source)) > 2
+        self.current_slice.enabled = src is not None and len(image_shape(src)) > 2
+        pyramid = bool(getattr(src, "multiscale", False))
+        if pyramid and self._level_for is not src:
+            self._level_for = src
+            self.level.max = len(src.data) - 1
+            self.level.value = default_level(src)
+        self.level.visible = pyramid
 
     # -- model -----------------------------------------------------------------------------------
     def _on_model_choice(self, value) -> None:
@@ -345,13 +370,18 @@ class GradCamWidget(Container):
             "channels": CHANNELS[self.channels.value] if getattr(self._source, "rgb", False) else None,
         }
 
+    def _level(self, layer) -> int:
+        return int(self.level.value) if getattr(layer, "multiscale", False) else 0
+
     def _slice_index(self, layer) -> tuple:
         """Leading (stack) indices of the slice on screen, for 'current slice only'."""
-        n_stack = len(image_shape(layer)) - 2
+        level = self._level(layer)
+        shape = image_shape(layer, level)
+        n_stack = len(shape) - 2
         if not (self.current_slice.value and n_stack > 0):
             return ()
-        pos = np.asarray(layer.world_to_data(self.viewer.dims.point), float)[:n_stack]
-        shape = image_shape(layer)[:n_stack]
+        pos = np.asarray(level_grid(layer, level).world_to_data(self.viewer.dims.point), float)[:n_stack]
+        shape = shape[:n_stack]
         return tuple(int(np.clip(np.rint(p), 0, s - 1)) for p, s in zip(pos, shape, strict=True))
 
     def run(self, _=None) -> None:
@@ -368,8 +398,8 @@ class GradCamWidget(Container):
             index = self._slice_index(layer)
             target = TARGETS[self.target.value]
             if target == "region":
-                target = region_mask(self.region.value, layer, index)
-            snap = Snapshot.of(layer, params, index)
+                target = region_mask(self.region.value, layer, index, self._level(layer))
+            snap = Snapshot.of(layer, params, index, self._level(layer))
         except UnetGradcamError as exc:
             self._set_status(str(exc), error=str(exc) != self._model_error)  # a model error was already shown
             return
