@@ -156,6 +156,9 @@ def test_stacked_output_names_its_sliders_and_opens_on_the_deepest_foreground_ma
     assert overlay.visible and overlay.text == "decoder layer up4  |  class nucleus"
     viewer.dims.set_current_step(1, 2)
     assert overlay.text == "decoder layer up4  |  class boundary"
+    widget.method.value = "hirescam"
+    run_and_wait(qtbot, widget)  # a re-run keeps the user's sliders
+    assert tuple(viewer.dims.current_step[:2]) == (1, 2) and stack.name == "img HiResCAM maps"
     enter_grid(qtbot, widget)
     assert captions(widget) == [f"{ly} / {c}" for ly in ("up3", "up4") for c in ("nucleus", "boundary")]
     assert widget.grid.layer.data.shape == (2 * 76 + 2, 2 * 64 + 2, 3)  # 12-px caption strips, 2-px gaps

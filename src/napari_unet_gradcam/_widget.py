@@ -139,7 +139,8 @@ class GradCamWidget(Container):
         self._model = None
         self._model_error: str | None = None
         self._source = None
-        self._last = None  # (Snapshot, ExplainResult) of the last finished run
+        self._last = None  # (Snapshot, ExplainResult, its layers) of the last finished run
+        self._added: list = []  # the layers the last run created (not updated)
         self._progress = None
         self.grid = GridView(self.viewer)
         self.runner = Runner()
@@ -436,7 +437,9 @@ class GradCamWidget(Container):
 
     def _build(self, snap: Snapshot, res):
         tuples = build_layers(snap, res, snap.params["stacked"])
+        before = {id(ly) for ly in self.viewer.layers}
         made = yield from _collect(iter_apply_layers(self.viewer, snap, tuples))
+        self._added = [ly for ly in made if id(ly) not in before]
         self._last = (snap, res, made)
         if self.grid.active:
             yield from self.grid.show()
@@ -446,8 +449,8 @@ class GradCamWidget(Container):
         first = next((ly for ly in made if ly.visible and mark(ly).get("kind") in ("heatmap", "stack")), None)
         if first is not None and not self.grid.active:
             self.viewer.layers.selection.active = first
-        stack = next((ly for ly in made if mark(ly).get("kind") == "stack"), None)
-        if stack is not None:
+        stack = next((ly for ly in self._added if mark(ly).get("kind") == "stack"), None)
+        if stack is not None:  # a new stack opens on its first map; a re-run keeps the user's sliders
             self._open_stack_at_first_map(stack)
         for note in res.metadata.get("notes", []):
             show_warning(note)
