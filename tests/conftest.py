@@ -4,6 +4,15 @@ import torch
 
 from napari_unet_gradcam import UNet
 
+GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that needs a viewer or Qt as ``gui``, so ``-m "not gui"`` runs without a display."""
+    for item in items:
+        if GUI_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
+
 
 def tiny_unet(n_channels=1, n_classes=3, bilinear=True, width=4, seed=0, conv_bias=False):
     """A small, randomly initialised U-Net with non-trivial BatchNorm statistics, in eval mode."""
