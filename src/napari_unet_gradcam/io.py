@@ -40,7 +40,10 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
     if suffix in PLAIN_SUFFIXES:
         try:
             with Image.open(path) as im:
-                return np.asarray(_plain_mode(im)), None
+                data = np.asarray(_plain_mode(im))
+                if im.mode == "I" and im.format == "PNG":  # older Pillow (10.1) opens 16-bit grey PNGs as int32
+                    data = data.astype(np.uint16)
+                return data, None
         except Exception as exc:  # Pillow raises many types for broken or hostile files
             raise InputError(f"{path}: not a readable {suffix[1:].upper()} image ({type(exc).__name__}).") from None
     raise InputError(f"{path}: unsupported file type {suffix or '(none)'}; use TIFF, PNG or JPEG.")
