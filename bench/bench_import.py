@@ -71,7 +71,7 @@ def main() -> int:
     print(f"# python {sys.version.split()[0]}, {args.rounds} fresh interpreters per cell, median seconds")
     names = list(trees)
     head = " | ".join(f"{n} (s) | imports" for n in names)
-    print(f"| case | {head} |" + (" ratio |" if len(names) == 2 else ""))
+    print(f"| case | {head} |" + (f" {names[1]} ÷ this tree |" if len(names) == 2 else ""))
     print("|---" * (1 + 2 * len(names) + (len(names) == 2)) + "|")
     for c in CASES:
         med = [statistics.median(times[n, c]) for n in names]
