@@ -45,7 +45,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
                     data = data.astype(np.uint16)
                 return data, None
         except Exception as exc:  # Pillow raises many types for broken or hostile files
-            raise InputError(f"{path}: not a readable {suffix[1:].upper()} image ({type(exc).__name__}).") from None
+            kind = suffix[1:].upper()
+            raise InputError(f"{path}: not a readable {kind} image ({type(exc).__name__}: {exc}).") from None
     raise InputError(f"{path}: unsupported file type {suffix or '(none)'}; use TIFF, PNG or JPEG.")
 
 
