@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 XVFB_PKGS := xvfb libxcb-icccm4 libxcb-keysyms1
 DEMO_OUT ?= demo-output
 
-.PHONY: all install demo test lint bench xvfb clean
+.PHONY: all install demo test test-fast test-oldest test-newest lint bench xvfb clean
 
 all: test
 
@@ -35,6 +35,16 @@ demo: install
 test: install xvfb
 	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Seconds, not minutes: no napari viewer, no training, no subprocess runs, no wheel build.
+test-fast: install
+	$(BIN)/python -m pytest -m "not gui and not slow" $(PYTEST_ARGS)
+
+# The oldest releases pyproject.toml allows, and the newest, each in its own venv under .nox/
+# (see noxfile.py); not part of `make test`. Needs network for the installs.
+test-oldest test-newest: install xvfb
+	$(BIN)/python -m pip install -q "nox>=2024.3"
+	TORCH_SPEC="$(TORCH_SPEC)" $(BIN)/nox -s $(subst test-,,$@) -- $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,8 +52,8 @@ lint: install
 # pytorch-grad-cam pins torchvision, which would drag in another torch: install it without deps.
 bench: install
 	$(BIN)/python -m pip install -q --no-deps grad-cam ttach
-	$(BIN)/python -m pip install -q captum matplotlib scikit-learn
+	$(BIN)/python -m pip install -q captum matplotlib scikit-learn "opencv-python-headless>=4.10"
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .nox build dist *.egg-info src/*.egg-info

@@ -11,6 +11,8 @@ SCRIPTS = [
     ["bench_speed.py", "--full-width", "--size", "256", "--rounds", "2"],
     ["bench_ratio.py"],
     ["bench_stack.py"],
+    ["bench_instances.py"],
+    ["bench_import.py"],
     ["bench_memory.py"],
     ["bench_soak.py"],
     ["eval_real_nuclei.py"],

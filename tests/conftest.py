@@ -4,6 +4,33 @@ import torch
 
 from napari_unet_gradcam import UNet
 
+GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot"}
+# Each took over 5 s on the 2-core machine (pytest --durations): subprocess runs of the CLI and of
+# the allocator probes, training, 1000 hypothesis examples, gradients checked against autograd.
+# Listed here rather than decorated in each file; new slow tests can use @pytest.mark.slow.
+SLOW = {
+    "test_allocator.py",
+    "test_cli.py",
+    "test_properties.py",
+    "test_train.py",
+    "test_engine.py::test_every_method_matches_its_formula",
+    "test_engine.py::test_one_pass_equals_per_layer_class_recipe_with_predicted_target",
+    "test_frozen.py::test_gradients_equal_plain_autograd",
+    "test_image.py::test_progress_and_cancellation_mid_run",
+    "test_tiling.py::test_auto_tiling_when_memory_is_short",
+    "test_tiling.py::test_tiled_matches_untiled",
+}
+
+
+def pytest_collection_modifyitems(items):
+    """``gui`` on every test that needs a viewer or Qt (``-m "not gui"`` runs without a display); ``slow``."""
+    for item in items:
+        if GUI_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
+        module = item.path.name
+        if module in SLOW or f"{module}::{item.originalname}" in SLOW:
+            item.add_marker(pytest.mark.slow)
+
 
 def tiny_unet(n_channels=1, n_classes=3, bilinear=True, width=4, seed=0, conv_bias=False):
     """A small, randomly initialised U-Net with non-trivial BatchNorm statistics, in eval mode."""

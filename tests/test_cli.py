@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from napari_unet_gradcam import save_checkpoint
 from napari_unet_gradcam.io import output_names
@@ -34,7 +34,7 @@ def files(tmp_path_factory):
     tifffile.imwrite(d / "flat.tif", nuclei_2d(1, (96, 120)))
     tifffile.imwrite(d / "stack.tif", nuclei_3d(1, (4, 64, 48)), metadata={"axes": "ZYX"})
     rgb = np.repeat(nuclei_2d(2, (80, 72)).astype(np.uint8)[..., None], 3, axis=2)
-    cv2.imwrite(str(d / "colour.png"), rgb)
+    Image.fromarray(rgb).save(d / "colour.png")
     (d / "notes.txt").write_text("not an image")
     (d / "broken.tif").write_bytes(b"II*\x00garbage")
     return d
@@ -72,7 +72,7 @@ def test_explain_writes_outputs_with_shapes_and_metadata(files, tmp_path):
     assert md["axes"] == "QCZYX" and md["decoder_layers"] == ["up3", "up4"]
     assert md["classes"] == ["background", "nucleus", "boundary"]
     assert tifffile.imread(out / "stack_probabilities.tif").shape == (3, 4, 64, 48)
-    sheet = cv2.imread(str(out / "flat_contact_sheet.png"))
+    sheet = np.asarray(Image.open(out / "flat_contact_sheet.png"))
     assert sheet.shape[0] > 3 * 200 and sheet.shape[1] >= 3 * 200  # header row + 2 layer rows, 3 classes
     meta = json.loads((out / "flat_metadata.json").read_text())
     assert meta["method"] == "gradcam" and len(meta["model"]["sha256"]) == 64

@@ -1,19 +1,24 @@
-import cv2
-import numpy as np
+import sys
+from pathlib import Path
 
-from napari_unet_gradcam import explain, instance_labels, load_model
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_unet_gradcam import explain, instance_labels, load_model, predict
 from napari_unet_gradcam.checkpoint import default_model_path
+from napari_unet_gradcam.instances import _max3x3, _split_slice, classes_for_instances
 from napari_unet_gradcam.synthetic import generate
 
 
 def two_touching_nuclei():
+    """Two discs of radius 12 that overlap, each with a two-pixel rim of the boundary class."""
+    yy, xx = np.mgrid[:40, :60]
     sem = np.zeros((40, 60), np.uint8)
-    cv2.circle(sem, (20, 20), 12, 1, -1)
-    cv2.circle(sem, (43, 20), 12, 1, -1)
-    edge = np.zeros_like(sem)
-    cv2.circle(edge, (20, 20), 12, 1, 2)
-    cv2.circle(edge, (43, 20), 12, 1, 2)
-    sem[edge > 0] = 2
+    for cx in (20, 43):
+        r = np.hypot(yy - 20, xx - cx)
+        sem[r <= 12] = 1
+        sem[(r <= 12) & (r > 10)] = 2
     return sem
 
 
@@ -42,3 +47,26 @@ def test_bundled_model_counts_nuclei_on_synthetic_image():
     n_true = len(np.unique(sample.instances)) - 1
     n_found = len(np.unique(inst)) - 1
     assert abs(n_found - n_true) <= 0.25 * n_true, (n_found, n_true)
+
+
+def test_neighbourhood_maximum_is_a_grey_dilation():
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 7), (6, 1), (33, 47)]:
+        a = rng.integers(0, 50, shape).astype(np.int32)
+        assert np.array_equal(_max3x3(a), ndimage.maximum_filter(a, size=3, mode="nearest"))
+
+
+@pytest.mark.slow
+def test_same_labels_as_the_opencv_version_on_the_bundled_model():
+    """OpenCV was dropped for scipy/numpy; where it is still installed, the labels must not change."""
+    pytest.importorskip("cv2")
+    if not default_model_path().exists():
+        pytest.skip("no bundled model")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from _cv2_instances import split_slice_cv2
+
+    net = load_model()
+    interior, boundary = classes_for_instances(net.class_names)
+    for seed in (50_000, 50_001, 50_002):
+        sem = predict(generate(seed, (256, 256)).image, net)
+        assert np.array_equal(_split_slice(sem, interior, boundary), split_slice_cv2(sem, interior, boundary))

@@ -2,11 +2,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from npe2 import PluginManifest
 
 import napari_unet_gradcam
 
 
+@pytest.mark.slow
 def test_npe2_validate_with_imports():
     npe2 = Path(sys.executable).with_name("npe2")
     r = subprocess.run([str(npe2), "validate", "napari-unet-gradcam", "--imports"], capture_output=True, text=True)

@@ -1,10 +1,10 @@
 """Training: deterministic for a seed, and trains on a user's own folders."""
 
-import cv2
 import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 
 from napari_unet_gradcam import InputError, load_model, predict
 from napari_unet_gradcam.synthetic import generate
@@ -32,7 +32,7 @@ def test_train_on_user_folders(tmp_path):
     for i in range(4):
         s = generate(100 + i, (96, 96))
         tifffile.imwrite(imgs / f"cell_{i}.tif", s.image)
-        cv2.imwrite(str(masks / f"cell_{i}.png"), ((s.instances > 0) * 255).astype(np.uint8))
+        Image.fromarray(((s.instances > 0) * 255).astype(np.uint8)).save(masks / f"cell_{i}.png")
     rec = train(tmp_path / "mine.pth", images=imgs, masks=masks, steps=4, log=None, **SMALL)
     assert rec["source"]["n_images"] == 4
     net = load_model(tmp_path / "mine.pth")

@@ -4,32 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
+from scipy import ndimage
 
 _GROW_STEPS = 8
+_FOUR = ndimage.generate_binary_structure(2, 1)
+_EIGHT = ndimage.generate_binary_structure(2, 2)
+
+
+def _max3x3(a: np.ndarray) -> np.ndarray:
+    """Maximum over each pixel's 3x3 neighbourhood (inside the image): a grey dilation.
+
+    Two shifted maxima per axis; four times faster than ndimage.maximum_filter on int32 labels.
+    """
+    rows = a.copy()
+    np.maximum(rows[:, 1:], a[:, :-1], out=rows[:, 1:])
+    np.maximum(rows[:, :-1], a[:, 1:], out=rows[:, :-1])
+    out = rows.copy()
+    np.maximum(out[1:], rows[:-1], out=out[1:])
+    np.maximum(out[:-1], rows[1:], out=out[:-1])
+    return out
 
 
 def _split_slice(sem: np.ndarray, interior: Sequence[int], boundary: Sequence[int]) -> np.ndarray:
-    core = np.isin(sem, interior).astype(np.uint8)
+    core = np.isin(sem, interior)
     edge = np.isin(sem, boundary)
-    n, inst = cv2.connectedComponents(core, connectivity=4, ltype=cv2.CV_32S)
+    inst, n = ndimage.label(core, _FOUR, output=np.int32)
     # Each interior grows into the boundary pixels around it, so touching nuclei stay apart.
-    kernel = np.ones((3, 3), np.uint8)
     for _ in range(_GROW_STEPS):
         free = edge & (inst == 0)
         if not free.any():
             break
-        grown = cv2.dilate(inst.astype(np.float32), kernel).astype(np.int32)
+        grown = _max3x3(inst)  # where two nuclei meet, the higher label wins
         take = free & (grown > 0)
         if not take.any():
             break
         inst[take] = grown[take]
     # Boundary pieces with no interior (very small nuclei) become nuclei of their own.
-    rest = (edge & (inst == 0)).astype(np.uint8)
+    rest = edge & (inst == 0)
     if rest.any():
-        m, extra = cv2.connectedComponents(rest, connectivity=8, ltype=cv2.CV_32S)
-        inst[extra > 0] = extra[extra > 0] + n - 1
+        extra, _ = ndimage.label(rest, _EIGHT, output=np.int32)
+        inst[extra > 0] = extra[extra > 0] + n
     return inst
 
 

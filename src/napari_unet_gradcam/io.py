@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from functools import cache
+from io import BytesIO
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
+from PIL import Image, ImageDraw, ImageFont
 
+from ._inferno import inferno_lut
 from .atomic import atomic_outputs
 from .errors import InputError
 from .headers import check_declared_size, check_tiff_chunks, plain_header, quiet_tifffile
@@ -45,12 +48,15 @@ def read_image(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.nd
         declared = plain_header(path)
         if declared is not None:
             check_declared_size(path, *declared, max_bytes)
-        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if data is None:
-            raise InputError(f"{path}: not a readable {suffix[1:].upper()} image.")
-        if data.ndim == 3:  # OpenCV reads colour as BGR(A)
-            data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        return data, None
+        try:
+            with Image.open(path) as im:
+                data = np.asarray(_plain_mode(im))
+                if im.mode == "I" and im.format == "PNG":  # older Pillow (10.1) opens 16-bit grey PNGs as int32
+                    data = data.astype(np.uint16)
+                return data, None
+        except Exception as exc:  # Pillow raises many types for broken or hostile files
+            kind = suffix[1:].upper()
+            raise InputError(f"{path}: not a readable {kind} image ({type(exc).__name__}: {exc}).") from None
     raise InputError(f"{path}: unsupported file type {suffix or '(none)'}; use TIFF, PNG or JPEG.")
 
 
@@ -59,6 +65,15 @@ def output_names(stem: str, probabilities: bool = False, instances: bool = False
     names = [f"{stem}_labels.tif", f"{stem}_maps.tif", f"{stem}_contact_sheet.png"]
     names += [f"{stem}_instances.tif"] * instances + [f"{stem}_probabilities.tif"] * probabilities
     return names + [f"{stem}_metadata.json"]
+
+
+def _plain_mode(im: Image.Image) -> Image.Image:
+    """Palette, bilevel and other coded modes as the grey or RGB(A) values they stand for."""
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("1", "PA", "LA", "CMYK", "YCbCr"):
+        return im.convert({"1": "L", "PA": "RGBA", "LA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB"}[im.mode])
+    return im
 
 
 def layout_from_axes(axes: str | None, shape: tuple[int, ...]) -> dict:
@@ -80,23 +95,23 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 
 def contact_sheet(image2d: np.ndarray, res: ExplainResult, index: tuple = (), cell: int = 256) -> np.ndarray:
-    """Rows = decoder layers, columns = classes; each map over the image, titled; BGR uint8."""
+    """Rows = decoder layers, columns = classes; each map over the image, titled; RGB uint8."""
     layers = list(dict.fromkeys(k[0] for k in res.cams))
     classes = list(dict.fromkeys(k[1] for k in res.cams))
     names = res.metadata["class_names"]
     h, w = image2d.shape
     s = cell / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    gray = cv2.cvtColor(cv2.resize(_display(image2d), size, interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+    gray = np.repeat(_resized(_display(image2d), size, Image.Resampling.BILINEAR)[..., None], 3, axis=2)
     title_h = 22
 
     def titled(tile: np.ndarray, text: str) -> np.ndarray:
-        bar = np.full((title_h, tile.shape[1], 3), 32, np.uint8)
-        cv2.putText(bar, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (235, 235, 235), 1, cv2.LINE_AA)
-        return np.concatenate([bar, tile], 0)
+        bar = Image.new("RGB", (tile.shape[1], title_h), (32, 32, 32))
+        ImageDraw.Draw(bar).text((4, 4), text, fill=(235, 235, 235), font=_title_font())
+        return np.concatenate([np.asarray(bar), tile], 0)
 
-    labels = cv2.resize(res.labels[index].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    palette = np.array([[0, 0, 0], [255, 229, 0], [245, 61, 255], [0, 212, 255]], np.uint8)
+    labels = _resized(res.labels[index].astype(np.uint8), size, Image.Resampling.NEAREST)
+    palette = np.array([[0, 0, 0], [0, 229, 255], [255, 61, 245], [255, 212, 0]], np.uint8)
     overlay = gray.copy()
     fg = labels > 0
     overlay[fg] = (0.5 * gray[fg] + 0.5 * palette[labels[fg] % len(palette)]).astype(np.uint8)
@@ -104,14 +119,31 @@ def contact_sheet(image2d: np.ndarray, res: ExplainResult, index: tuple = (), ce
     for ly in layers:
         row = []
         for c in classes:
-            m = cv2.resize(res.cams[ly, c][index], size, interpolation=cv2.INTER_LINEAR)
-            heat = cv2.applyColorMap((np.clip(m, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-            row.append(titled(cv2.addWeighted(gray, 0.45, heat, 0.75, 0), f"{ly} / {names[c]}"))
+            m = _resized(res.cams[ly, c][index].astype(np.float32), size, Image.Resampling.BILINEAR)
+            heat = inferno_lut()[(np.clip(m, 0, 1) * 255).astype(np.uint8)]
+            blend = np.clip(np.rint(0.45 * gray + 0.75 * heat), 0, 255).astype(np.uint8)
+            row.append(titled(blend, f"{ly} / {names[c]}"))
         rows.append(row)
     width = max(len(r) for r in rows)
     blank = titled(np.zeros_like(gray), "")
     rows = [r + [blank] * (width - len(r)) for r in rows]
     return np.concatenate([np.concatenate(r[:width], 1) for r in rows], 0)
+
+
+def _resized(a: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """A uint8 or float32 2-D array at ``size`` (width, height); Pillow averages when it shrinks."""
+    return np.asarray(Image.fromarray(a).resize(size, resample))
+
+
+@cache
+def _title_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=13)  # Pillow's bundled font: the same on every machine
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write_result(
@@ -160,8 +192,7 @@ def write_result(
             while img2d.ndim > 2:  # channel-first multichannel: show the channel mean
                 img2d = img2d.mean(0)
             p = out_dir / f"{stem}_contact_sheet.png"
-            ok, buf = cv2.imencode(".png", contact_sheet(img2d, res, mid))
-            target(p).write(buf.tobytes())
+            target(p).write(png_bytes(contact_sheet(img2d, res, mid)))
             finals.append(p)
         if instances:
             p = out_dir / f"{stem}_instances.tif"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+from scipy import ndimage
 
 CLASS_NAMES = ("background", "nucleus", "boundary")
 
@@ -23,8 +23,20 @@ class Sample:
     classes: np.ndarray  # (Y, X) uint8: 0 background, 1 nucleus, 2 boundary
 
 
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with OpenCV's kernel radius and border, so samples match those made with OpenCV."""
+    radius = (round(8 * sigma + 1) | 1) // 2
+    return ndimage.gaussian_filter(a, sigma, mode="mirror", radius=radius)
+
+
+def _disk(a: np.ndarray, centre: tuple[int, int], radius: int, value: float) -> None:
+    """Fill the pixels within ``radius`` of ``centre`` (y, x), clipped to the array."""
+    yy, xx = np.ogrid[: a.shape[0], : a.shape[1]]
+    a[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = value
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    n = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), sigma)
+    n = _blur(rng.standard_normal(shape).astype(np.float32), sigma)
     return n / (n.std() + 1e-6)
 
 
@@ -45,11 +57,10 @@ def _nucleus_mask(rng: np.random.Generator, radius: float) -> np.ndarray:
 
 def _boundaries(instances: np.ndarray, width: int) -> np.ndarray:
     """Pixels of a nucleus that touch background or another nucleus."""
-    k = np.ones((3, 3), np.uint8)
-    inst = instances.astype(np.float32)
-    hi = cv2.dilate(inst, k, iterations=width)
-    lo = cv2.erode(inst, k, iterations=width)
-    return (instances > 0) & ((hi != inst) | (lo != inst))
+    size = 2 * width + 1
+    hi = ndimage.maximum_filter(instances, size=size, mode="nearest")
+    lo = ndimage.minimum_filter(instances, size=size, mode="nearest")
+    return (instances > 0) & ((hi != instances) | (lo != instances))
 
 
 def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
@@ -93,23 +104,21 @@ def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
         nucleoli = np.ones(m.shape, np.float32)
         for _ in range(int(rng.integers(0, 4))):
             py, px = rng.integers(0, m.shape[0]), rng.integers(0, m.shape[1])
-            cv2.circle(nucleoli, (int(px), int(py)), max(1, int(r / 5)), float(rng.uniform(0.4, 0.8)), -1)
+            _disk(nucleoli, (int(py), int(px)), max(1, int(r / 5)), float(rng.uniform(0.4, 0.8)))
         patch = (m * tex * nucleoli * bright).astype(np.float32)
         if rng.random() < 0.25:  # out of the focal plane
-            patch = cv2.GaussianBlur(patch, (0, 0), rng.uniform(1.0, 3.0))
+            patch = _blur(patch, rng.uniform(1.0, 3.0))
         signal[ys, xs] = np.where(m, patch, np.maximum(signal[ys, xs], patch))
-    signal = cv2.GaussianBlur(np.clip(signal, 0, None), (0, 0), rng.uniform(0.5, 1.5))
+    signal = _blur(np.clip(signal, 0, None), rng.uniform(0.5, 1.5))
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     gradient = (rng.uniform(-1, 1) * yy / h + rng.uniform(-1, 1) * xx / w) * rng.uniform(0, 0.15)
     background = rng.uniform(0.02, 0.25) + gradient + 0.05 * rng.uniform(0, 1) * _smooth_noise(rng, shape, 20)
-    clean = np.clip(
-        signal + np.clip(background, 0, None) + 0.08 * rng.random() * cv2.GaussianBlur(signal, (0, 0), 8), 0, None
-    )
+    clean = np.clip(signal + np.clip(background, 0, None) + 0.08 * rng.random() * _blur(signal, 8), 0, None)
     photons = rng.uniform(15, 400)  # signal to noise varies from dim live imaging to bright fixed cells
     noisy = rng.poisson(clean * photons).astype(np.float32) / photons
     noisy += rng.normal(0, rng.uniform(0.005, 0.04), shape).astype(np.float32)
     if rng.random() < 0.3:  # oversampled, interpolated or denoised data: the noise itself is smooth
-        noisy = cv2.GaussianBlur(noisy, (0, 0), rng.uniform(0.6, 1.6))
+        noisy = _blur(noisy, rng.uniform(0.6, 1.6))
     if rng.random() < 0.5:
         top, dtype = rng.uniform(80, 255), np.uint8
     else:
@@ -134,7 +143,7 @@ def nuclei_3d(seed: int = 0, shape: tuple[int, int, int] = (16, 256, 256)) -> np
     img = base.image.astype(np.float32)
     for k in range(z):
         depth = abs(k - (z - 1) / 2) / max(1.0, (z - 1) / 2)
-        blurred = cv2.GaussianBlur(img, (0, 0), 0.5 + 3 * depth)
+        blurred = _blur(img, 0.5 + 3 * depth)
         plane = blurred * (1 - 0.8 * depth) + rng.normal(0, 0.01 * img.max(), img.shape)
         planes.append(np.clip(plane, 0, None))
     return np.stack(planes).astype(base.image.dtype)
