@@ -188,7 +188,7 @@ def test_inputs_writing_the_same_outputs_are_refused(files, tmp_path):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         tifffile.imwrite(tmp_path / sub / "x.tif", nuclei_2d(4, (64, 64)))
-    cv2.imwrite(str(tmp_path / "a" / "x.png"), nuclei_2d(4, (64, 64)).astype(np.uint8))
+    Image.fromarray(nuclei_2d(4, (64, 64)).astype(np.uint8)).save(tmp_path / "a" / "x.png")
     names = [tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif", tmp_path / "a" / "x.png", files / "flat.tif"]
     r = cli("explain", *names, "--model", files / "tiny.pth", "--out", tmp_path / "o")
     assert r.returncode == 1 and "Traceback" not in r.stderr
