@@ -3,36 +3,37 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
 from .engine import (
     eval_mode,
     explain_tensor,
+    map_to_input,
     model_lock,
     n_outputs,
-    probabilities_from_logits,
+    predicted,
     resolve_modules,
 )
 from .errors import Cancelled, InputError
-from .image import Prepared, pad_for_network, padded_size, prepare, resize_stack
+from .image import Prepared, network_size, pad_to, prepare, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps
 from .resources import auto_batch, auto_tile, available_bytes, system_available_bytes
-from .tiling import explain_tiled, n_passes, round_tile
+from .tiling import explain_tiled, n_passes, round_halo, round_tile
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_HALO = 64
+DEFAULT_THRESHOLD = 0.5  # upstream predict.py's --mask-threshold
 
 
 @dataclass
@@ -109,16 +110,35 @@ def _target_mask(target, prep: Prepared, scaled: tuple[int, int]) -> np.ndarray 
             )
         mask = mask != 0
     mask = np.broadcast_to(mask, prep.stack_shape + (H, W)).reshape(-1, H, W)
-    if scaled != (H, W):
-        # A scaled-down single pixel must survive: take the max over the area it falls in.
-        mask = resize_stack(mask.astype(np.uint8), scaled, nearest=True).astype(bool) | (
-            resize_stack(mask.astype(np.float32), scaled) > 0
-        )
-    return np.ascontiguousarray(mask)
+    return np.ascontiguousarray(shrink_mask(mask, scaled))
 
 
 def _pad_mask(mask: np.ndarray, hp: int, wp: int) -> np.ndarray:
     return np.pad(mask, ((0, 0), (0, hp - mask.shape[1]), (0, wp - mask.shape[2])))
+
+
+def _explain_whole(
+    net: nn.Module,
+    x: torch.Tensor,
+    modules: Mapping[str, nn.Module],
+    classes: Sequence[int],
+    method: Method,
+    target,
+    threshold: float,
+    logits_out: np.ndarray,
+    maps_out: Mapping[tuple[str, int], np.ndarray],
+) -> None:
+    """Fill ``logits_out`` (B, K, h, w) and ``maps_out`` (B, h, w) from one pass over ``x``.
+
+    The same contract as :func:`tiling.explain_tiled`; (h, w) is the image inside ``x``, which
+    carries padding only where a side is below 16.
+    """
+    valid = logits_out.shape[-2:]
+    tgt = predicted(threshold) if target == "predicted" else target
+    logits, raw = explain_tensor(net, x, list(modules), classes, method, tgt, valid=valid)
+    logits_out[...] = logits[..., : valid[0], : valid[1]].cpu().numpy()
+    for k, m in raw.items():
+        maps_out[k][...] = map_to_input(m, tuple(x.shape[-2:]), valid).cpu().numpy()
 
 
 def _run(
@@ -131,31 +151,34 @@ def _run(
     tile_size: int | None,
     halo: int,
     batch_size: int | None,
+    threshold: float,
     progress: ProgressCallback | None,
     cancel,
 ) -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray], int | None]:
-    """Probabilities (N, K, h, w), maps (N, h, w) on the model's unpadded grid, and the tile used."""
+    """Logits (N, K, h, w) and maps (N, h, w) on the model's (unpadded) grid, and the tile used."""
     device = next(net.parameters()).device
     modules = resolve_modules(net, layers)
     explaining = bool(modules) and bool(classes)
     n, _, h, w = prep.batch.shape
-    hp, wp = padded_size(h, w)
+    fed = network_size(h, w)
     width = int(getattr(net, "width", 64))
     budget = available_bytes(device)
     if tile_size is None:
-        tile = auto_tile(hp, wp, width, explaining, budget, halo)
+        tile = auto_tile(*fed, width, explaining, budget, halo)
     else:
         tile = round_tile(tile_size)
-        if tile >= hp and tile >= wp:
+        if tile >= fed[0] and tile >= fed[1]:
             tile = None
+    if fed != (h, w):
+        tile = None  # a side below 16: small enough for one pass
     if tile is None:
         # On a CPU one slice at a time is fastest (bench/bench_stack.py); a GPU wants batches.
         cap = 1 if device.type == "cpu" else 16
-        bs = batch_size or auto_batch(hp, wp, width, explaining, budget, cap=cap)
+        bs = batch_size or auto_batch(*fed, width, explaining, budget, cap=cap)
         steps_per_slice = 1
     else:
         bs = 1
-        steps_per_slice = -(-hp // tile) * -(-wp // tile) * n_passes(method, explaining)
+        steps_per_slice = -(-h // tile) * -(-w // tile) * n_passes(method, explaining)
     total, done = n * steps_per_slice, 0
 
     def step(count: int = 1) -> None:
@@ -169,26 +192,24 @@ def _run(
     if _is_cancelled(cancel):
         raise Cancelled("The run was cancelled before it started.")
     _check_result_size(prep, n_outputs(net) + len(modules) * len(classes))
-    probs = np.empty((n, n_outputs(net), h, w), np.float32)
+    logits = np.empty((n, int(net.n_classes), h, w), np.float32)
     maps = {(ly, c): np.empty((n, h, w), np.float32) for ly in modules for c in classes}
     with model_lock(net), eval_mode(net):
         for s in range(0, n, bs):
-            x = torch.from_numpy(pad_for_network(prep.batch[s : s + bs])).to(device)
+            x = torch.from_numpy(pad_to(prep.batch[s : s + bs], fed)).to(device)
             tgt = target
             if isinstance(target, np.ndarray):
-                tgt = torch.from_numpy(_pad_mask(target[s : s + bs], hp, wp)).to(device)
+                tgt = torch.from_numpy(_pad_mask(target[s : s + bs], *fed)).to(device)
             part = {k: v[s : s + bs] for k, v in maps.items()}
             if tile is None:
-                logits, raw = explain_tensor(net, x, list(modules), classes, method, tgt)
-                probs[s : s + bs] = probabilities_from_logits(logits)[..., :h, :w].cpu().numpy()
-                for k, m in raw.items():
-                    up = F.interpolate(m[:, None], size=(hp, wp), mode="bilinear", align_corners=False)[:, 0]
-                    part[k][...] = up[..., :h, :w].cpu().numpy()
+                _explain_whole(net, x, modules, classes, method, tgt, threshold, logits[s : s + bs], part)
                 step(x.shape[0])
             else:
-                explain_tiled(net, x, modules, classes, method, tgt, tile, halo, step, probs[s : s + bs], part)
-            _check_finite(prep, probs[s : s + bs], part)
-    return probs, maps, tile
+                explain_tiled(
+                    net, x, modules, classes, method, tgt, tile, halo, step, logits[s : s + bs], part, threshold
+                )
+            _check_finite(prep, logits[s : s + bs], part)
+    return logits, maps, tile
 
 
 def _check_result_size(prep: Prepared, n_arrays: int) -> None:
@@ -216,14 +237,56 @@ def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:
     )
 
 
-def _finish_shape(prep: Prepared, arr: np.ndarray, nearest: bool = False) -> np.ndarray:
-    """(N, ..., h, w) on the model's grid to (*stack, ..., H, W) on the image's."""
-    arr = resize_stack(arr, prep.spatial_shape, nearest=nearest)
-    return arr.reshape(*prep.stack_shape, *arr.shape[1:])
+def _decide(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and probabilities of full-size logits, as upstream's predict.py decides them.
+
+    Both come from the same upsampled logits, so a label is always its pixel's most probable
+    class (or, for a one-channel model, the foreground where its probability exceeds ``threshold``).
+    """
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return (p > threshold).to(torch.int32), torch.stack([1 - p, p], 1)
+    return logits.argmax(1).to(torch.int32), torch.softmax(logits, 1)
 
 
-def _labels_from_probs(probs: np.ndarray) -> np.ndarray:
-    return probs.argmax(1).astype(np.int32) if probs.shape[1] > 2 else (probs[:, 1] > 0.5).astype(np.int32)
+def _finish(
+    prep: Prepared, logits: np.ndarray, maps: dict, threshold: float, with_probabilities: bool
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Model-grid logits and maps to the image's grid: logits upsampled (bilinear) before the decision.
+
+    Returns labels (*stack, H, W), probabilities (K, *stack, H, W) or None, and the maps.
+    """
+    H, W = prep.spatial_shape
+    n, k = logits.shape[:2]
+    labels = np.empty((n, H, W), np.int32)
+    probs = np.empty((max(k, 2), n, H, W), np.float32) if with_probabilities else None
+    out_maps = {key: np.empty((n, H, W), np.float32) for key in maps}
+    for i in range(n):  # one slice at a time: full-size logits of a whole stack need not fit
+        lab, p = _decide(upsample(torch.from_numpy(logits[i : i + 1]), (H, W)), threshold)
+        labels[i] = lab[0].numpy()
+        if probs is not None:
+            probs[:, i] = p[0].numpy()
+        for key, m in maps.items():
+            out_maps[key][i] = upsample(torch.from_numpy(m[i : i + 1, None]), (H, W))[0, 0].numpy()
+    stack = prep.stack_shape
+    return (
+        labels.reshape(*stack, H, W),
+        None if probs is None else probs.reshape(-1, *stack, H, W),
+        {key: v.reshape(*stack, H, W) for key, v in out_maps.items()},
+    )
+
+
+def _threshold(net: nn.Module, threshold: float | None) -> float:
+    if threshold is None:
+        return DEFAULT_THRESHOLD
+    if int(net.n_classes) != 1:
+        raise InputError(
+            f"threshold applies to one-channel (sigmoid) models; this model has {net.n_classes} output "
+            "channels and labels each pixel with its most probable class. Leave threshold unset."
+        )
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
+        raise InputError(f"threshold must be a probability in [0, 1); got {threshold!r}.")
+    return float(threshold)
 
 
 def _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale) -> Prepared:
@@ -251,17 +314,25 @@ def predict(
     rgb: bool | None = None,
     repeat_channels: bool = False,
     scale: float = 1.0,
+    threshold: float | None = None,
     halo: int = DEFAULT_HALO,
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
 ) -> np.ndarray:
-    """Class-index labels (int32) with the image's stack and spatial shape."""
+    """Class-index labels (int32) with the image's stack and spatial shape.
+
+    As upstream's predict.py: the image is resized by ``scale`` (PIL bicubic, ``int(scale * size)``),
+    the logits are upsampled (bilinear) to the full size, then labelled by argmax, or for a
+    one-channel model by sigmoid > ``threshold`` (default 0.5).
+    """
+    t = _threshold(net, threshold)
+    halo = round_halo(halo)
     prep = _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale)
-    probs, _, _ = _run(
-        net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, progress, cancel
+    logits, _, _ = _run(
+        net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, t, progress, cancel
     )
-    return _finish_shape(prep, _labels_from_probs(probs), nearest=True)
+    return _finish(prep, logits, {}, t, with_probabilities=False)[0]
 
 
 def explain(
@@ -279,6 +350,7 @@ def explain(
     rgb: bool | None = None,
     repeat_channels: bool = False,
     scale: float = 1.0,
+    threshold: float | None = None,
     halo: int = DEFAULT_HALO,
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
@@ -290,6 +362,7 @@ def explain(
     ``"predicted"`` (pixels predicted as that class), ``"image"`` (all pixels), a boolean mask
     with the image's shape, or a ``(y, x)`` pixel. ``normalize`` is ``"per-map"`` (min-max per
     map), ``"shared"`` (one scale for every map of the run) or ``"none"`` (raw values).
+    ``scale`` and ``threshold`` are upstream predict.py's (see :func:`predict`).
     """
     t0 = time.perf_counter()
     if isinstance(layers, str):
@@ -300,12 +373,13 @@ def explain(
     if normalize not in NORMALIZE_MODES:  # checked before the work, not after it
         raise InputError(f"Unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZE_MODES)}.")
     resolve_modules(net, layers)
+    t = _threshold(net, threshold)
+    halo = round_halo(halo)
     prep = _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale)
     tgt = _target_mask(target, prep, prep.batch.shape[-2:])
-    probs, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, progress, cancel)
-    labels = _finish_shape(prep, _labels_from_probs(probs), nearest=True)
-    probabilities = np.moveaxis(_finish_shape(prep, probs), len(prep.stack_shape), 0)
-    cams = {k: _finish_shape(prep, v) for k, v in raw.items()}
+    logits, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel)
+    labels, probabilities, cams = _finish(prep, logits, raw, t, with_probabilities=True)
+    del logits, raw
     ranges = normalize_maps(cams, normalize)
     names = list(getattr(net, "class_names", [])) or [str(i) for i in range(n_outputs(net))]
     metadata = {
@@ -319,6 +393,7 @@ def explain(
         "normalize": normalize,
         "ranges": {f"{ly}/{c}": r for (ly, c), r in ranges.items()},
         "scale": scale,
+        "threshold": t if int(net.n_classes) == 1 else None,
         "tile_size": tile,
         "halo": halo if tile else None,
         "model": model_identity(net),
