@@ -90,7 +90,9 @@ def test_float_images_match_upstream():
     img = np.random.default_rng(3).random(SIZES[1]).astype(np.float32)
     for scale in SCALES:
         net = balanced(tiny_unet(n_channels=1, n_classes=3, width=8, seed=5), img, scale)
-        np.testing.assert_array_equal(predict(img, net, scale=scale, preprocess="auto"), upstream_predict(net, img, scale))
+        np.testing.assert_array_equal(
+            predict(img, net, scale=scale, preprocess="auto"), upstream_predict(net, img, scale)
+        )
 
 
 def test_tiled_runs_agree_with_upstream_except_near_tile_borders(upstream_checkpoint):
