@@ -13,6 +13,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputError
+from .mask_values import labels_as_mask_values
 from .pipeline import ExplainResult
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -126,8 +127,12 @@ def write_result(
     probabilities: bool = False,
     rgb: bool = False,
     instances: bool = False,
+    mask_values: list | None = None,
 ) -> list[Path]:
-    """Labels TIFF, maps TIFF (decoder layer, class, stack..., Y, X), contact sheet PNG, metadata JSON."""
+    """Labels TIFF, maps TIFF (decoder layer, class, stack..., Y, X), contact sheet PNG, metadata JSON.
+
+    With ``mask_values`` the labels TIFF holds each class's mask value instead of its index.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = list(dict.fromkeys(k[0] for k in res.cams))
     classes = list(dict.fromkeys(k[1] for k in res.cams))
@@ -136,11 +141,12 @@ def write_result(
     finals = []
     with atomic_outputs() as target:
         p = out_dir / f"{stem}_labels.tif"
-        tifffile.imwrite(
-            target(p),
-            res.labels.astype(np.uint16 if res.labels.max() > 255 else np.uint8),
-            metadata={"axes": yx, "class_names": names},
-        )
+        if mask_values is None:
+            labels, meta = res.labels.astype(np.uint16 if res.labels.max() > 255 else np.uint8), {"axes": yx}
+        else:
+            labels = labels_as_mask_values(res.labels, mask_values)
+            meta = {"axes": yx + "S" * (labels.ndim - res.labels.ndim), "mask_values": mask_values}
+        tifffile.imwrite(target(p), labels, metadata={**meta, "class_names": names})
         finals.append(p)
         if res.cams:
             cams = np.stack([np.stack([res.cams[ly, c] for c in classes]) for ly in layers]).astype(np.float32)
