@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .allocator import pin_glibc_thresholds
 from .errors import UnetGradcamError
+from .malloc_tuning import pin_glibc_thresholds
 from .methods import METHODS
 from .model import DECODER_LAYERS
 

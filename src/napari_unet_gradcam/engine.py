@@ -12,13 +12,16 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .errors import InputError
+from .fast_paths import run_net
 from .model import DECODER_LAYERS
 
 _locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -91,39 +94,6 @@ def hooked(net: nn.Module, modules: Mapping[str, nn.Module], track: bool) -> Ite
     finally:
         for h in handles:
             h.remove()
-
-
-def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net(x)`` with frozen (detached) weights, channels-last where that is fast; the module is untouched.
-
-    oneDNN's and cuDNN's channels-last kernels run the U-Net's 3x3 convolutions (forward and
-    backward) markedly faster (bench/bench_speed.py); copying the weights costs little next to
-    one pass. Detached weights let the double convolutions take their lean backward
-    (``frozen.py``). Hooks on the module's submodules fire as usual.
-    """
-    channels_last = x.device.type in ("cpu", "cuda")
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return functional_call(net, _frozen_params(net, channels_last), (x,))
-
-
-_param_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
-
-
-def _frozen_params(net: nn.Module, channels_last: bool) -> dict[str, torch.Tensor]:
-    """The weight copies, made once and again only when a parameter changed (its storage or version)."""
-    named = list(net.named_parameters())
-    key = (channels_last, *((p.data_ptr(), p._version, p.device) for _, p in named))
-    with _locks_guard:
-        cached = _param_cache.get(net)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    fmt = torch.channels_last if channels_last else torch.preserve_format
-    with torch.no_grad():
-        params = {k: (v.contiguous(memory_format=fmt) if v.ndim == 4 else v).detach() for k, v in named}
-    with _locks_guard:
-        _param_cache[net] = (key, params)
-    return params
 
 
 def n_outputs(net: nn.Module) -> int:
@@ -298,3 +268,29 @@ def explain_tensor(
             shared = method(acts[name], None, on_layer(acts[name]))
             maps.update({(name, cls): shared for cls in classes})
     return logits, {(n, c): maps[n, c] for n in modules for c in classes}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a pass computes: the same for a whole-image pass and a tiled one."""
+
+    net: nn.Module
+    modules: Mapping[str, nn.Module]
+    classes: Sequence[int]
+    method: Any  # methods.Method
+    target: Any  # "predicted", "image", or a (B, h, w) bool tensor on the fed grid
+    threshold: float = 0.5
+
+
+def explain_whole(job: Job, x: torch.Tensor, logits_out: np.ndarray, maps_out: Mapping) -> None:
+    """Fill ``logits_out`` (B, K, h, w) and ``maps_out`` (B, h, w) from one pass over ``x``.
+
+    The contract of :func:`tiling.explain_tiled` too. (h, w) is the image inside ``x``, which
+    carries padding only where a side is below 16.
+    """
+    valid = logits_out.shape[-2:]
+    tgt = predicted(job.threshold) if isinstance(job.target, str) and job.target == "predicted" else job.target
+    logits, raw = explain_tensor(job.net, x, list(job.modules), job.classes, job.method, tgt, valid=valid)
+    logits_out[...] = logits[..., : valid[0], : valid[1]].cpu().numpy()
+    for k, m in raw.items():
+        maps_out[k][...] = map_to_input(m, tuple(x.shape[-2:]), valid).cpu().numpy()

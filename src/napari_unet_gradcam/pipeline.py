@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,16 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .engine import (
-    eval_mode,
-    explain_tensor,
-    map_to_input,
-    model_lock,
-    n_outputs,
-    predicted,
-    resolve_modules,
-)
+from ._version import __version__
+from .engine import Job, eval_mode, explain_whole, model_lock, n_outputs, resolve_modules
 from .errors import Cancelled, InputError
 from .image import Prepared, network_size, pad_to, prepare, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
@@ -28,8 +20,8 @@ from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps
-from .resources import auto_batch, auto_tile, available_bytes, system_available_bytes
-from .tiling import explain_tiled, n_passes, round_halo, round_tile
+from .run_plan import check_result_size, plan_run
+from .tiling import explain_tiled, n_passes, round_halo
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_HALO = 64
@@ -117,30 +109,6 @@ def _pad_mask(mask: np.ndarray, hp: int, wp: int) -> np.ndarray:
     return np.pad(mask, ((0, 0), (0, hp - mask.shape[1]), (0, wp - mask.shape[2])))
 
 
-def _explain_whole(
-    net: nn.Module,
-    x: torch.Tensor,
-    modules: Mapping[str, nn.Module],
-    classes: Sequence[int],
-    method: Method,
-    target,
-    threshold: float,
-    logits_out: np.ndarray,
-    maps_out: Mapping[tuple[str, int], np.ndarray],
-) -> None:
-    """Fill ``logits_out`` (B, K, h, w) and ``maps_out`` (B, h, w) from one pass over ``x``.
-
-    The same contract as :func:`tiling.explain_tiled`; (h, w) is the image inside ``x``, which
-    carries padding only where a side is below 16.
-    """
-    valid = logits_out.shape[-2:]
-    tgt = predicted(threshold) if target == "predicted" else target
-    logits, raw = explain_tensor(net, x, list(modules), classes, method, tgt, valid=valid)
-    logits_out[...] = logits[..., : valid[0], : valid[1]].cpu().numpy()
-    for k, m in raw.items():
-        maps_out[k][...] = map_to_input(m, tuple(x.shape[-2:]), valid).cpu().numpy()
-
-
 def _run(
     net: nn.Module,
     prep: Prepared,
@@ -160,70 +128,40 @@ def _run(
     modules = resolve_modules(net, layers)
     explaining = bool(modules) and bool(classes)
     n, _, h, w = prep.batch.shape
-    fed = network_size(h, w)
     width = int(getattr(net, "width", 64))
-    budget = available_bytes(device)
-    if tile_size is None:
-        tile = auto_tile(*fed, width, explaining, budget, halo)
-    else:
-        tile = round_tile(tile_size)
-        if tile >= fed[0] and tile >= fed[1]:
-            tile = None
-    if fed != (h, w):
-        tile = None  # a side below 16: small enough for one pass
-    if tile is None:
-        # On a CPU one slice at a time is fastest (bench/bench_stack.py); a GPU wants batches.
-        cap = 1 if device.type == "cpu" else 16
-        bs = batch_size or auto_batch(*fed, width, explaining, budget, cap=cap)
-        steps_per_slice = 1
-    else:
-        bs = 1
-        steps_per_slice = -(-h // tile) * -(-w // tile) * n_passes(method, explaining)
-    total, done = n * steps_per_slice, 0
+    passes = n_passes(method, explaining)
+    plan = plan_run(n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size)
+    done = 0
 
     def step(count: int = 1) -> None:
         nonlocal done
         done += count
         if progress is not None:
-            progress(done, total)
+            progress(done, plan.steps)
         if _is_cancelled(cancel):
             raise Cancelled("The run was cancelled; no results were kept.")
 
     if _is_cancelled(cancel):
         raise Cancelled("The run was cancelled before it started.")
-    _check_result_size(prep, n_outputs(net) + len(modules) * len(classes))
+    check_result_size(n, (h, w), prep.spatial_shape, n_outputs(net) + len(modules) * len(classes))
     logits = np.empty((n, int(net.n_classes), h, w), np.float32)
     maps = {(ly, c): np.empty((n, h, w), np.float32) for ly in modules for c in classes}
     with model_lock(net), eval_mode(net):
-        for s in range(0, n, bs):
-            x = torch.from_numpy(pad_to(prep.batch[s : s + bs], fed)).to(device)
+        for s in range(0, n, plan.batch):
+            e = s + plan.batch
+            x = torch.from_numpy(pad_to(prep.batch[s:e], plan.fed)).to(device)
             tgt = target
             if isinstance(target, np.ndarray):
-                tgt = torch.from_numpy(_pad_mask(target[s : s + bs], *fed)).to(device)
-            part = {k: v[s : s + bs] for k, v in maps.items()}
-            if tile is None:
-                _explain_whole(net, x, modules, classes, method, tgt, threshold, logits[s : s + bs], part)
+                tgt = torch.from_numpy(_pad_mask(target[s:e], *plan.fed)).to(device)
+            job = Job(net, modules, classes, method, tgt, threshold)
+            part = {k: v[s:e] for k, v in maps.items()}
+            if plan.tile is None:
+                explain_whole(job, x, logits[s:e], part)
                 step(x.shape[0])
             else:
-                explain_tiled(
-                    net, x, modules, classes, method, tgt, tile, halo, step, logits[s : s + bs], part, threshold
-                )
-            _check_finite(prep, logits[s : s + bs], part)
-    return logits, maps, tile
-
-
-def _check_result_size(prep: Prepared, n_arrays: int) -> None:
-    """Refuse, before allocating, a run whose results alone would not fit in memory."""
-    n, _, h, w = prep.batch.shape
-    H, W = prep.spatial_shape
-    need = 4 * n * (h * w + H * W) * n_arrays + 4 * n * H * W
-    free = system_available_bytes()
-    if need > 0.8 * free:
-        raise InputError(
-            f"The results would need {need / 2**30:.1f} GiB ({n_arrays - 1 if n_arrays > 1 else 0} maps and "
-            f"probabilities for {n} slice(s) of {H}x{W}), but only {free / 2**30:.1f} GiB is free. Explain fewer "
-            "layers or classes, a crop or fewer slices, or pass scale < 1."
-        )
+                explain_tiled(job, x, plan.tile, halo, step, logits[s:e], part)
+            _check_finite(prep, logits[s:e], part)
+    return logits, maps, plan.tile
 
 
 def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:

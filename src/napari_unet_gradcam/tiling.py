@@ -16,13 +16,13 @@ floored by the poolings exactly as the whole image is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
-from .engine import forward_and_gradients, hooked, labels_from_logits, layer_stride, map_to_input, run_net
+from .engine import Job, forward_and_gradients, hooked, labels_from_logits, layer_stride, map_to_input
+from .fast_paths import run_net
 from .methods import Method, weighted_map
 from .model import DOWNSAMPLING
 
@@ -41,10 +41,6 @@ def tile_boxes(h: int, w: int, tile: int, halo: int) -> Iterator[tuple[Box, Box]
         for x0 in range(0, w, tile):
             y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
             yield (y0, y1, x0, x1), (*_span(y0, y1, h, halo), *_span(x0, x1, w, halo))
-
-
-def round_tile(tile: int) -> int:
-    return max(DOWNSAMPLING, int(tile) // DOWNSAMPLING * DOWNSAMPLING)
 
 
 def round_halo(halo: int) -> int:
@@ -77,24 +73,27 @@ def _add(acc: dict, key, stats: Mapping[str, torch.Tensor]) -> None:
 
 
 def explain_tiled(
-    net: nn.Module,
+    job: Job,
     x: torch.Tensor,
-    modules: Mapping[str, nn.Module],
-    classes: Sequence[int],
-    method: Method,
-    target,
     tile: int,
     halo: int,
     step: Callable[[], None],
     logits_out: np.ndarray,
     maps_out: Mapping[tuple[str, int], np.ndarray],
-    threshold: float = 0.5,
 ) -> None:
     """Fill ``logits_out`` (B, K, h, w) and ``maps_out`` (B, h, w) for an (unpadded) batch ``x``.
 
     The same contract as a whole-image pass. Results go straight into the caller's arrays,
     tile by tile, so the working memory is a few tiles' worth whatever the image size.
     """
+    net, modules, classes, method, target, threshold = (
+        job.net,
+        job.modules,
+        job.classes,
+        job.method,
+        job.target,
+        job.threshold,
+    )
     h, w = x.shape[-2:]
     boxes = list(tile_boxes(h, w, tile, halo))
     labels = torch.zeros(x.shape[0], h, w, dtype=torch.int16, device=x.device)
