@@ -81,3 +81,21 @@ def test_padding_is_in_no_score_and_no_statistic(layer):
         up = torch.nn.functional.interpolate(torch.from_numpy(cam)[:, None], size=(16, 16), mode="bilinear")
         ref = up[0, 0, :10, :12].numpy()
         np.testing.assert_allclose(res.cams[layer, cls], ref, rtol=2e-3, atol=1e-6 * max(1.0, np.abs(ref).max()))
+
+
+def test_result_is_typed_and_keeps_its_metadata(img):
+    import json
+
+    net = tiny_unet(width=4)
+    res = explain(img, net, layers=("up4", "up2"), classes=["boundary", 0], normalize="none")
+    assert res.layers == ["up4", "up2"] and res.classes == [2, 0]
+    assert res.class_names == ["background", "nucleus", "boundary"]
+    maps = res.stacked()
+    assert maps.shape == (2, 2, *img.shape)
+    np.testing.assert_array_equal(maps[1, 0], res.cams["up2", 2])
+    back = json.loads(res.to_json())
+    assert back["layers"] == ["up4", "up2"] and back["classes"] == [
+        {"index": 2, "name": "boundary"},
+        {"index": 0, "name": "background"},
+    ]
+    assert set(res.metadata) >= {"method", "target", "ranges", "scale", "threshold", "tile_size", "model", "version"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,28 @@ class ExplainResult:
 
     @property
     def class_names(self) -> list[str]:
+        """Every class of the model, by index."""
         return list(self.metadata.get("class_names", []))
+
+    @property
+    def layers(self) -> list[str]:
+        """The explained layers, in the order asked for."""
+        return list(dict.fromkeys(k[0] for k in self.cams))
+
+    @property
+    def classes(self) -> list[int]:
+        """The explained class indices, in the order asked for."""
+        return list(dict.fromkeys(k[1] for k in self.cams))
+
+    def stacked(self) -> np.ndarray:
+        """Every map in one array: (layer, class, *stack, Y, X), in :attr:`layers` and :attr:`classes` order."""
+        if not self.cams:
+            return np.zeros((0, 0, *self.labels.shape), np.float32)
+        return np.stack([np.stack([self.cams[ly, c] for c in self.classes]) for ly in self.layers])
+
+    def to_json(self) -> str:
+        """The run's record (method, layers, classes, preprocessing, ranges, model, version...) as JSON."""
+        return json.dumps(self.metadata, indent=2, default=str)
 
     def instances(self) -> np.ndarray:
         """One label per object (nuclei split along the boundary class), the labels' shape.
