@@ -198,7 +198,11 @@ def shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def scaled_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     """Upstream's ``int(scale * size)``: the network's input size for ``scale``."""
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise InputError(f"scale must be a positive number; got {scale!r}.") from None
+    if not (math.isfinite(scale) and scale > 0):
         raise InputError(f"scale must be positive; got {scale}.")
     h, w = int(scale * shape[0]), int(scale * shape[1])
     if h < 1 or w < 1:

@@ -220,13 +220,14 @@ def _finish(
     n, k = logits.shape[:2]
     labels = np.empty((n, H, W), np.int32)
     probs = np.empty((max(k, 2), n, H, W), np.float32) if with_probabilities else None
-    out_maps = {key: np.empty((n, H, W), np.float32) for key in maps}
+    same = logits.shape[-2:] == (H, W)  # scale 1: the maps are already on the image's grid
+    out_maps = maps if same else {key: np.empty((n, H, W), np.float32) for key in maps}
     for i in range(n):  # one slice at a time: full-size logits of a whole stack need not fit
         lab, p = _decide(upsample(torch.from_numpy(logits[i : i + 1]), (H, W)), threshold)
         labels[i] = lab[0].numpy()
         if probs is not None:
             probs[:, i] = p[0].numpy()
-        for key, m in maps.items():
+        for key, m in () if same else maps.items():
             out_maps[key][i] = upsample(torch.from_numpy(m[i : i + 1, None]), (H, W))[0, 0].numpy()
     stack = prep.stack_shape
     return (
@@ -244,9 +245,13 @@ def _threshold(net: nn.Module, threshold: float | None) -> float:
             f"threshold applies to one-channel (sigmoid) models; this model has {net.n_classes} output "
             "channels and labels each pixel with its most probable class. Leave threshold unset."
         )
-    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0.0 <= t < 1.0:
         raise InputError(f"threshold must be a probability in [0, 1); got {threshold!r}.")
-    return float(threshold)
+    return t
 
 
 def _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale) -> Prepared:
