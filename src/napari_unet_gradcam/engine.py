@@ -105,12 +105,24 @@ def labels_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Te
     """Upstream's decision: argmax, or sigmoid > ``threshold`` for a one-channel model."""
     if logits.shape[1] == 1:
         return (torch.sigmoid(logits[:, 0]) > threshold).long()
+    if logits.device.type == "cpu":  # NumPy's channel argmax is several times faster; same first-max rule
+        return torch.from_numpy(logits.detach().numpy().argmax(1))
     return logits.argmax(1)
 
 
 def predicted(threshold: float = 0.5) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """The "predicted" target: pixels whose label (decided as the labels are) is the class."""
-    return lambda logits, cls: labels_from_logits(logits, threshold) == cls
+    """The "predicted" target: pixels whose label (decided as the labels are) is the class.
+
+    The labels are decided once per pass, not once per class.
+    """
+    last: list = [None, None]
+
+    def region(logits: torch.Tensor, cls: int) -> torch.Tensor:
+        if last[0] is not logits:
+            last[:] = [logits, labels_from_logits(logits, threshold)]
+        return last[1] == cls
+
+    return region
 
 
 Valid = tuple[int, int]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .engine import Job, eval_mode, explain_whole, model_lock, n_outputs, resolve_modules
+from .engine import Job, eval_mode, explain_whole, labels_from_logits, model_lock, n_outputs, resolve_modules
 from .errors import Cancelled, InputError
 from .image import Prepared, network_size, pad_to, prepare, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
@@ -197,7 +197,7 @@ def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:
     )
 
 
-def _decide(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _decide(logits: torch.Tensor, threshold: float, with_probabilities: bool) -> tuple[np.ndarray, torch.Tensor | None]:
     """Labels and probabilities of full-size logits, as upstream's predict.py decides them.
 
     Both come from the same upsampled logits, so a label is always its pixel's most probable
@@ -205,8 +205,10 @@ def _decide(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch
     """
     if logits.shape[1] == 1:
         p = torch.sigmoid(logits[:, 0])
-        return (p > threshold).to(torch.int32), torch.stack([1 - p, p], 1)
-    return logits.argmax(1).to(torch.int32), torch.softmax(logits, 1)
+        probs = torch.stack([1 - p, p], 1) if with_probabilities else None
+        return (p > threshold).numpy().astype(np.int32), probs
+    labels = labels_from_logits(logits).numpy().astype(np.int32)
+    return labels, torch.softmax(logits, 1) if with_probabilities else None
 
 
 def _finish(
@@ -223,9 +225,9 @@ def _finish(
     same = logits.shape[-2:] == (H, W)  # scale 1: the maps are already on the image's grid
     out_maps = maps if same else {key: np.empty((n, H, W), np.float32) for key in maps}
     for i in range(n):  # one slice at a time: full-size logits of a whole stack need not fit
-        lab, p = _decide(upsample(torch.from_numpy(logits[i : i + 1]), (H, W)), threshold)
-        labels[i] = lab[0].numpy()
-        if probs is not None:
+        lab, p = _decide(upsample(torch.from_numpy(logits[i : i + 1]), (H, W)), threshold, probs is not None)
+        labels[i] = lab[0]
+        if p is not None:
             probs[:, i] = p[0].numpy()
         for key, m in () if same else maps.items():
             out_maps[key][i] = upsample(torch.from_numpy(m[i : i + 1, None]), (H, W))[0, 0].numpy()

@@ -113,15 +113,13 @@ def explain_tiled(
                     _add(astats, name, method.act_stats(a_core))
             step()
 
-    def region_for(ext: Box):
-        def region(logits: torch.Tensor, cls: int) -> torch.Tensor:
-            if target == "predicted":
-                return labels[:, ext[0] : ext[1], ext[2] : ext[3]] == cls
-            if target == "image":
-                return torch.ones(logits.shape[0], *logits.shape[2:], dtype=torch.bool, device=logits.device)
+    def tile_target(ext: Box):
+        """The target as one tile sees it: a mask cut to the tile, "predicted" from the stitched labels."""
+        if isinstance(target, torch.Tensor):
             return target[:, ext[0] : ext[1], ext[2] : ext[3]]
-
-        return region
+        if target == "predicted":  # the whole image's labels, not the tile's own
+            return lambda logits, cls: labels[:, ext[0] : ext[1], ext[2] : ext[3]] == cls
+        return target
 
     gstats: dict = {}
     if method.needs_gradients and modules and classes:
@@ -137,7 +135,7 @@ def explain_tiled(
                         a_core, g_core = _core_in(a, core, ext), _core_in(g, core, ext)
                         _add(gstats, (name, cls), method.grad_stats(a_core, g_core, astats.get(name, {})))
 
-            forward_and_gradients(net, xt, modules, classes, region_for(ext), on_class=take)
+            forward_and_gradients(net, xt, modules, classes, tile_target(ext), on_class=take)
             step()
     if method.local is None and modules and classes:
         # One global weight per channel, from the sums over every tile's part of the image.
