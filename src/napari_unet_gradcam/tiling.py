@@ -86,14 +86,8 @@ def explain_tiled(
     The same contract as a whole-image pass. Results go straight into the caller's arrays,
     tile by tile, so the working memory is a few tiles' worth whatever the image size.
     """
-    net, modules, classes, method, target, threshold = (
-        job.net,
-        job.modules,
-        job.classes,
-        job.method,
-        job.target,
-        job.threshold,
-    )
+    net, modules, classes = job.net, job.modules, job.classes
+    method, target, threshold = job.method, job.target, job.threshold
     h, w = x.shape[-2:]
     boxes = list(tile_boxes(h, w, tile, halo))
     labels = torch.zeros(x.shape[0], h, w, dtype=torch.int16, device=x.device)
