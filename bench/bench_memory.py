@@ -61,7 +61,7 @@ def main() -> None:
         )
     ref = rows[-1]
     per_px = (ref["peak"] - ref["base"] - ref["io"]) / (ref["size"] ** 2) / 16
-    print(f"# untiled working memory: {per_px:.0f} bytes per pixel per unit of network width (resources.py uses this)")
+    print(f"# untiled working memory: {per_px:.0f} bytes per pixel per unit of network width (run_plan.py uses this)")
 
 
 if __name__ == "__main__":

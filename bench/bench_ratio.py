@@ -4,7 +4,7 @@ Within one process the ratio is steady, but it moves between processes: glibc re
 freed blocks to the kernel by heuristics that depend on the process's history, so some
 processes page-fault every activation buffer afresh on every run and others reuse them. This
 script runs the interleaved measurement in several fresh processes, first as a user's process
-runs it, then with glibc's thresholds pinned as the CLI pins them (allocator.py), which removes
+runs it, then with glibc's thresholds pinned as the CLI pins them (malloc_tuning.py), which removes
 the page faults and leaves the compute ratio.
 
     .venv/bin/python bench/bench_ratio.py [--processes 5] [--size 512] [--rounds 15]
@@ -22,7 +22,7 @@ CHILD = r"""
 import json, resource, statistics, sys, time
 import numpy as np
 from napari_unet_gradcam import explain, load_model, predict
-from napari_unet_gradcam.allocator import pin_glibc_thresholds
+from napari_unet_gradcam.malloc_tuning import pin_glibc_thresholds
 from napari_unet_gradcam.synthetic import nuclei_2d
 size, rounds, pin = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "pin"
 if pin:
@@ -66,7 +66,7 @@ def main() -> None:
     print(f"# the median of {a.rounds} interleaved rounds; ratio = explain() / predict() in that process")
     print("| malloc | predict ms | explain ms | page faults per predict / explain | ratio median | min | max |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, pin in (("glibc as is", False), ("thresholds pinned (allocator.py, as the CLI does)", True)):
+    for label, pin in (("glibc as is", False), ("thresholds pinned (malloc_tuning.py, as the CLI does)", True)):
         rows = [child(a.size, a.rounds, pin) for _ in range(a.processes)]
         ratios = [r["explain"][0] / r["predict"][0] for r in rows]
         pm = statistics.median(r["predict"][0] for r in rows) * 1000

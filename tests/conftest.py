@@ -93,6 +93,6 @@ def hostile_checkpoints(folder):
     files["directory"] = folder / "a_directory.pth"
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU()).state_dict(), folder / "other.pth")
     files["another network"] = folder / "other.pth"
-    torch.save(dict(sd, mask_values=[0, 255]), folder / "mask_values.pth")
+    torch.save(dict(sd, mask_values=[0, 64, 128, 255]), folder / "mask_values.pth")  # 4 values, 3 classes
     files["mismatched mask_values"] = folder / "mask_values.pth"
     return files

@@ -73,12 +73,24 @@ def test_unet_with_missing_layer_is_refused(tmp_path):
         load_model(path)
 
 
-def test_mismatched_mask_values_are_refused(tmp_path):
+def test_mask_values_shorter_than_the_outputs_load_as_upstream(tmp_path):
+    """upstream train.py with --classes 3 on masks of two values saves two mask_values."""
     sd = dict(tiny_unet(n_classes=3).state_dict())
-    sd["mask_values"] = [0, 1]
     path = tmp_path / "mv.pth"
-    torch.save(sd, path)
-    with pytest.raises(CheckpointError, match="mask_values.*3 classes"):
+    torch.save(dict(sd, mask_values=[0, 255]), path)
+    assert load_model(path).mask_values == [0, 255]
+    torch.save(dict(sd, mask_values=[[0, 0, 0], [255, 0, 255]]), path)  # RGB masks
+    assert load_model(path).mask_values == [[0, 0, 0], [255, 0, 255]]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [([0, 1, 2, 3], "4 entries.*only 3 classes"), ("0,1", "list of numbers"), ([0, [1, 2, 3]], "mixes")],
+)
+def test_unusable_mask_values_are_refused(tmp_path, values, message):
+    path = tmp_path / "mv.pth"
+    torch.save(dict(tiny_unet(n_classes=3).state_dict(), mask_values=values), path)
+    with pytest.raises(CheckpointError, match=message):
         load_model(path)
 
 
@@ -192,4 +204,44 @@ def test_open_failure_is_not_called_corrupt(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "load", refuse)
     with pytest.raises(CheckpointError, match="could not be opened \\(Permission denied\\): check that the file is"):
+        load_model(path)
+
+
+def _layout_2018(n_channels=3, n_classes=2):
+    """State-dict keys and shapes of Pytorch-UNet before December 2019 (inconv/down/up/outconv)."""
+    torch.manual_seed(0)
+    sd = {}
+
+    def dconv(prefix, cin, cout):
+        for i, (a, b) in enumerate([(cin, cout), (cout, cout)]):
+            sd[f"{prefix}.conv.{3 * i}.weight"] = torch.randn(b, a, 3, 3)
+            sd[f"{prefix}.conv.{3 * i}.bias"] = torch.randn(b)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                sd[f"{prefix}.conv.{3 * i + 1}.{name}"] = torch.rand(b)
+
+    dconv("inc.conv", n_channels, 64)
+    for i, (a, b) in enumerate([(64, 128), (128, 256), (256, 512), (512, 512)], 1):
+        dconv(f"down{i}.mpconv.1", a, b)
+    for i, (a, b) in enumerate([(1024, 256), (512, 128), (256, 64), (128, 64)], 1):
+        dconv(f"up{i}.conv", a, b)
+    sd["outc.conv.weight"] = torch.randn(n_classes, 64, 1, 1)
+    sd["outc.conv.bias"] = torch.randn(n_classes)
+    return sd
+
+
+def test_older_upstream_layouts_are_named(tmp_path):
+    path = tmp_path / "CP5.pth"
+    torch.save(_layout_2018(), path)
+    with pytest.raises(CheckpointError, match=r"older milesial/Pytorch-UNet: the 2017-2019 layout.*Retrain"):
+        load_model(path)
+    # December 2019 - April 2020: today's names, but up blocks' first convolution not halved.
+    renames = [(".mpconv.1.conv.", ".maxpool_conv.1.double_conv."), ("inc.conv.conv.", "inc.double_conv.")]
+    renames.append((".conv.conv.", ".conv.double_conv."))
+    sd = {}
+    for k, v in _layout_2018().items():
+        for a, b in renames:
+            k = k.replace(a, b)
+        sd[k] = v
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"December 2019 - April 2020 layout.*\(256, 1024, 3, 3\)"):
         load_model(path)

@@ -253,3 +253,33 @@ def test_train_into_a_folder_or_a_missing_folder_fails_at_once(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert len(_lines(r.stderr)) == 1 and message in r.stderr and "epoch" not in r.stdout
     assert os.listdir(tmp_path / "models") == []
+
+
+def test_threshold_and_mask_values_as_upstream_writes_them(files, tmp_path):
+    from .test_upstream import balanced
+
+    img = tifffile.imread(files / "flat.tif")
+    binary = balanced(tiny_unet(n_classes=1, width=4, seed=3), img, 1.0)
+    torch_save_upstream(binary, tmp_path / "binary.pth", [0, 1])
+    out = tmp_path / "out"
+    args = ("explain", files / "flat.tif", "--model", tmp_path / "binary.pth", "--out", out, "--layers", "up4")
+    r = cli(*args, "--threshold", "0.3", "--mask-values", "--probabilities")
+    assert r.returncode == 0, r.stderr
+    labels = tifffile.imread(out / "flat_labels.tif")
+    fg = tifffile.imread(out / "flat_probabilities.tif")[1] > 0.3
+    assert 0 < fg.mean() < 1
+    np.testing.assert_array_equal(labels, np.where(fg, 255, 0))  # upstream's binary mask: 0/255
+    three = tmp_path / "three.pth"
+    torch_save_upstream(tiny_unet(width=4), three, [0, 200])  # fewer values than classes loads
+    r = cli("explain", files / "flat.tif", "--model", three, "--out", out, "--mask-values")
+    assert r.returncode == 0, r.stderr
+    assert set(np.unique(tifffile.imread(out / "flat_labels.tif"))) <= {0, 200}
+    r = cli("explain", files / "flat.tif", "--model", three, "--out", out, "--threshold", "0.3")
+    assert r.returncode == 1 and "one-channel" in r.stderr
+
+
+def torch_save_upstream(net, path, mask_values):
+    """As upstream's train.py saves: the state_dict with mask_values added to it."""
+    import torch
+
+    torch.save(dict(net.state_dict(), mask_values=mask_values), path)

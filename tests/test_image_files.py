@@ -44,7 +44,8 @@ def test_jpeg_reads_close_to_what_was_written(tmp_path):
 def test_broken_png_is_one_input_error(tmp_path, content):
     p = tmp_path / "broken.png"
     p.write_bytes(content)
-    with pytest.raises(InputError, match="broken.png: not a readable PNG image"):
+    # The header check (headers.py) names an empty file before Pillow is asked.
+    with pytest.raises(InputError, match="broken.png: (not a readable PNG image|the file is empty)"):
         read_image(p)
 
 

@@ -40,21 +40,21 @@ def test_tiled_predict_and_progress_counts(pair):
 
 
 def test_auto_tiling_when_memory_is_short(pair, monkeypatch):
-    from napari_unet_gradcam import pipeline
+    from napari_unet_gradcam import run_plan
 
     net, img = pair
-    monkeypatch.setattr(pipeline, "available_bytes", lambda device: 10_000_000)
+    monkeypatch.setattr(run_plan, "available_bytes", lambda device: 10_000_000)
     res = explain(img, net, layers=("up4",))
     assert res.metadata["tile_size"] is not None
     assert (res.labels == predict(img, tiny_unet(width=8))).mean() >= 0.99
 
 
 def test_results_that_cannot_fit_are_refused_before_allocating(pair, monkeypatch):
-    from napari_unet_gradcam import InputError, pipeline
+    from napari_unet_gradcam import InputError, run_plan
 
     net, img = pair
-    monkeypatch.setattr(pipeline, "system_available_bytes", lambda: 2_000_000)
+    monkeypatch.setattr(run_plan, "system_available_bytes", lambda: 2_000_000)
     with pytest.raises(InputError, match=r"results would need .* GiB.*fewer\s+layers or classes"):
         explain(img, net)
-    monkeypatch.setattr(pipeline, "system_available_bytes", lambda: 1 << 40)
+    monkeypatch.setattr(run_plan, "system_available_bytes", lambda: 1 << 40)
     assert explain(img, net, layers=("up4",)).labels.shape == img.shape

@@ -1,4 +1,4 @@
-"""The installed version, in a module of its own so core modules can read it without importing torch."""
+"""The installed distribution's version, looked up once and importable without the package's API."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -27,6 +27,7 @@ import torch
 from .atomic import atomic_outputs
 from .device import resolve_device
 from .errors import CheckpointError, UnetGradcamError
+from .mask_values import checked_mask_values
 from .model import UNet
 
 FORMAT_KEY = "unet_gradcam"
@@ -194,7 +195,31 @@ def _split(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list | None, 
     return clean, mask_values, meta
 
 
+def _older_layout(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """Which pre-2020 Pytorch-UNet layout ``sd`` has, if any: their decoders differ from today's."""
+    if any(k.startswith("inc.conv.conv.") or ".mpconv." in k for k in sd):
+        return "the 2017-2019 layout (modules inconv/down/up/outconv, keys such as 'inc.conv.conv.0.weight')"
+    w = sd.get("up1.conv.double_conv.0.weight")
+    if w is not None and w.ndim == 4 and w.shape[0] != w.shape[1] // 2:
+        return (
+            "the December 2019 - April 2020 layout (today's key names, but decoder blocks without "
+            f"halved middle channels: 'up1.conv.double_conv.0.weight' is {tuple(w.shape)})"
+        )
+    return None
+
+
+def _refuse_older_layout(sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    layout = _older_layout(sd)
+    if layout is not None:
+        raise CheckpointError(
+            f"Checkpoint {path} comes from an older milesial/Pytorch-UNet: {layout}. Its network differs "
+            "from the one upstream has built since v1.0 (2020), which is the one this plugin loads. Retrain "
+            "with a current Pytorch-UNet, or keep using the release the checkpoint was trained with."
+        )
+
+
 def _architecture(sd: Mapping[str, torch.Tensor], path: Path) -> dict:
+    _refuse_older_layout(sd, path)
     try:
         first = sd["inc.double_conv.0.weight"]
         last = sd["outc.conv.weight"]
@@ -279,17 +304,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     path = Path(path).expanduser()
     sd, mask_values, meta = _split(_read(path), path)
     net = build_model(sd, path)
-    n_out = max(net.n_classes, 2)
-    if mask_values is not None:
-        count = len(mask_values) if isinstance(mask_values, (list, tuple)) else "no"
-        if count != n_out:
-            raise CheckpointError(
-                f"Checkpoint {path}: 'mask_values' has {count} entries but the network predicts "
-                f"{n_out} classes; fix or remove 'mask_values'."
-            )
-        mask_values = list(mask_values)
-    else:
-        mask_values = list(range(n_out))
+    mask_values = checked_mask_values(mask_values, max(net.n_classes, 2), str(path))
     net.class_names = _class_names(meta, net.n_classes)
     net.mask_values = mask_values
     net.preprocess = meta.get("preprocess")

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .allocator import pin_glibc_thresholds
 from .errors import InputError, UnetGradcamError
+from .malloc_tuning import pin_glibc_thresholds
 from .methods import METHODS
 from .model import DECODER_LAYERS
 
@@ -138,6 +138,7 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> in
                 normalize=args.normalize,
                 tile_size=args.tile_size,
                 scale=args.scale,
+                threshold=args.threshold,
                 progress=_Bar(Path(name).name, progress),
                 **layout,
             )
@@ -145,7 +146,10 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> in
             stack_axes = "".join(a for a in (axes or "") if a not in "YXSC")[: res.labels.ndim - 2]
             stack_axes = stack_axes if len(stack_axes) == res.labels.ndim - 2 else "Q" * (res.labels.ndim - 2)
             stem = Path(name).stem
-            files = write_result(res, image, out, stem, stack_axes, args.probabilities, rgb, args.instances)
+            mask_values = net.mask_values if args.mask_values else None
+            files = write_result(
+                res, image, out, stem, stack_axes, args.probabilities, rgb, args.instances, mask_values
+            )
             fg = float((res.labels > 0).mean())
             count = f", {int(res.instances().max())} objects" if args.instances else ""
             print(
@@ -222,7 +226,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="predicted", choices=["predicted", "image"], help="pixels each score sums")
     p.add_argument("--normalize", default="per-map", choices=["per-map", "shared", "none"])
     p.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (default: automatic)")
-    p.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="resize factor before the network, as upstream's --scale (default 1)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="one-channel models: foreground where its probability exceeds this (upstream's -t; default 0.5)",
+    )
+    p.add_argument(
+        "--mask-values",
+        action="store_true",
+        help="write labels as the checkpoint's mask values (upstream predict.py's masks: 0/255 for a binary "
+        "model) instead of class indices",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--instances", action="store_true", help="also write instance labels (nuclei split apart)")

@@ -7,16 +7,21 @@ no graph is built through the encoder and no parameter gradient is ever computed
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .errors import InputError
+from .fast_paths import run_net
 from .model import DECODER_LAYERS
 
 _locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -91,48 +96,67 @@ def hooked(net: nn.Module, modules: Mapping[str, nn.Module], track: bool) -> Ite
             h.remove()
 
 
-def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net(x)`` with frozen (detached) weights, channels-last where that is fast; the module is untouched.
-
-    oneDNN's and cuDNN's channels-last kernels run the U-Net's 3x3 convolutions (forward and
-    backward) markedly faster (bench/bench_speed.py); copying the weights costs little next to
-    one pass. Detached weights let the double convolutions take their lean backward
-    (``frozen.py``). Hooks on the module's submodules fire as usual.
-    """
-    channels_last = x.device.type in ("cpu", "cuda")
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return functional_call(net, _frozen_params(net, channels_last), (x,))
-
-
-_param_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
-
-
-def _frozen_params(net: nn.Module, channels_last: bool) -> dict[str, torch.Tensor]:
-    """The weight copies, made once and again only when a parameter changed (its storage or version)."""
-    named = list(net.named_parameters())
-    key = (channels_last, *((p.data_ptr(), p._version, p.device) for _, p in named))
-    with _locks_guard:
-        cached = _param_cache.get(net)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    fmt = torch.channels_last if channels_last else torch.preserve_format
-    with torch.no_grad():
-        params = {k: (v.contiguous(memory_format=fmt) if v.ndim == 4 else v).detach() for k, v in named}
-    with _locks_guard:
-        _param_cache[net] = (key, params)
-    return params
-
-
 def n_outputs(net: nn.Module) -> int:
     """Number of label values: a one-channel sigmoid model still has background and foreground."""
     return max(int(net.n_classes), 2)
 
 
-def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
+def labels_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Upstream's decision: argmax, or sigmoid > ``threshold`` for a one-channel model."""
     if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
+        return (torch.sigmoid(logits[:, 0]) > threshold).long()
+    if logits.device.type == "cpu":  # NumPy's channel argmax is several times faster; same first-max rule
+        return torch.from_numpy(logits.detach().numpy().argmax(1))
     return logits.argmax(1)
+
+
+def predicted(threshold: float = 0.5) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The "predicted" target: pixels whose label (decided as the labels are) is the class.
+
+    The labels are decided once per pass, not once per class.
+    """
+    last: list = [None, None]
+
+    def region(logits: torch.Tensor, cls: int) -> torch.Tensor:
+        if last[0] is not logits:
+            last[:] = [logits, labels_from_logits(logits, threshold)]
+        return last[1] == cls
+
+    return region
+
+
+Valid = tuple[int, int]
+
+
+def layer_stride(size: int, n: int) -> int:
+    """The stride of a layer of ``n`` positions over ``size`` input pixels.
+
+    The U-Net's 2x poolings floor odd sizes, so n = size // s for a power of two s: position
+    ``i`` covers pixels ``[i * s, (i + 1) * s)`` and the last ``size - n * s`` pixels none.
+    """
+    return 1 << max(0, math.floor(math.log2(size / n))) if n < size else 1
+
+
+def layer_valid(valid: Valid, fed: tuple[int, int], layer: tuple[int, int]) -> Valid:
+    """Positions of a layer's grid that cover at least one pixel of the valid (unpadded) image."""
+    sy, sx = (layer_stride(size, n) for size, n in zip(fed, layer, strict=True))
+    return min(layer[0], -(-valid[0] // sy)), min(layer[1], -(-valid[1] // sx))
+
+
+def map_to_input(m: torch.Tensor, fed: tuple[int, int], valid: Valid) -> torch.Tensor:
+    """A (B, n_h, n_w) layer map on the input grid (B, *valid): bilinear over the pixels it covers.
+
+    Positions beyond the last one a layer has (floored odd sizes) repeat the edge.
+    """
+    n = m.shape[-2:]
+    covered = [k * layer_stride(size, k) for size, k in zip(fed, n, strict=True)]
+    up = m[:, None]
+    if tuple(covered) != tuple(n):
+        up = F.interpolate(up, size=tuple(covered), mode="bilinear", align_corners=False)
+    dy, dx = max(0, valid[0] - covered[0]), max(0, valid[1] - covered[1])
+    if dy or dx:
+        up = F.pad(up, (0, dx, 0, dy), mode="replicate")
+    return up[:, 0, : valid[0], : valid[1]]
 
 
 def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -180,8 +204,12 @@ def forward_and_gradients(
     target,
     with_gradients: bool = True,
     on_class: GradientSink | None = None,
+    valid: Valid | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
     """Logits, hooked activations and, per (layer, class), the gradient of the class score.
+
+    ``valid`` (h, w): only the top-left (h, w) of ``x`` is image, the rest padding that no
+    class score includes.
 
     With ``on_class``, each class's gradients go to ``on_class(cls, activations, gradients)``
     as soon as they exist and are not kept: only one class's gradients are alive at a time,
@@ -199,7 +227,12 @@ def forward_and_gradients(
     if track:
         inputs = [acts[n] for n in names]
         for i, cls in enumerate(classes):
-            seed = class_seed(logits, cls, target_region(target, logits, cls))
+            region = target_region(target, logits, cls)
+            if valid is not None and tuple(valid) != tuple(logits.shape[-2:]):
+                region = region.clone()
+                region[..., valid[0] :, :] = False
+                region[..., :, valid[1] :] = False
+            seed = class_seed(logits, cls, region)
             gs = torch.autograd.grad(
                 logits, inputs, grad_outputs=seed, retain_graph=i < len(classes) - 1, allow_unused=True
             )
@@ -220,19 +253,56 @@ def explain_tensor(
     classes: Sequence[int],
     method,
     target="predicted",
+    valid: Valid | None = None,
 ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
-    """Logits and every (layer, class) map at its layer's resolution, from one forward pass."""
+    """Logits and every (layer, class) map at its layer's resolution, from one forward pass.
+
+    With ``valid`` (h, w), the rest of ``x`` is padding: no score and no statistic includes it.
+    """
     modules = resolve_modules(net, layers)
     maps: dict[tuple[str, int], torch.Tensor] = {}
+    fed = tuple(x.shape[-2:])
+    valid = fed if valid is None else tuple(valid)
+
+    def on_layer(a: torch.Tensor) -> Valid:
+        return layer_valid(valid, fed, tuple(a.shape[-2:]))
 
     def take(cls: int, acts: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         for name in modules:
-            maps[name, cls] = method(acts[name], grads[name])
+            maps[name, cls] = method(acts[name], grads[name], on_layer(acts[name]))
 
     with model_lock(net), eval_mode(net):
-        logits, acts, _ = forward_and_gradients(net, x, modules, classes, target, method.needs_gradients, take)
+        logits, acts, _ = forward_and_gradients(
+            net, x, modules, classes, target, method.needs_gradients, take, valid=valid
+        )
     if not method.needs_gradients:
         for name in modules:
-            shared = method(acts[name])
+            shared = method(acts[name], None, on_layer(acts[name]))
             maps.update({(name, cls): shared for cls in classes})
     return logits, {(n, c): maps[n, c] for n in modules for c in classes}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a pass computes: the same for a whole-image pass and a tiled one."""
+
+    net: nn.Module
+    modules: Mapping[str, nn.Module]
+    classes: Sequence[int]
+    method: Any  # methods.Method
+    target: Any  # "predicted", "image", or a (B, h, w) bool tensor on the fed grid
+    threshold: float = 0.5
+
+
+def explain_whole(job: Job, x: torch.Tensor, logits_out: np.ndarray, maps_out: Mapping) -> None:
+    """Fill ``logits_out`` (B, K, h, w) and ``maps_out`` (B, h, w) from one pass over ``x``.
+
+    The contract of :func:`tiling.explain_tiled` too. (h, w) is the image inside ``x``, which
+    carries padding only where a side is below 16.
+    """
+    valid = logits_out.shape[-2:]
+    tgt = predicted(job.threshold) if isinstance(job.target, str) and job.target == "predicted" else job.target
+    logits, raw = explain_tensor(job.net, x, list(job.modules), job.classes, job.method, tgt, valid=valid)
+    logits_out[...] = logits[..., : valid[0], : valid[1]].cpu().numpy()
+    for k, m in raw.items():
+        maps_out[k][...] = map_to_input(m, tuple(x.shape[-2:]), valid).cpu().numpy()

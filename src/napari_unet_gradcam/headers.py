@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
-from .resources import system_available_bytes
+from .run_plan import system_available_bytes
 
 #: An image is read only if, as float32 (the form the network gets), it takes at most this share of
 #: the memory available: the pipeline needs several more arrays of that size.

@@ -9,8 +9,10 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from .errors import InputError
 from .model import DOWNSAMPLING
@@ -145,27 +147,69 @@ def apply_preprocess(arr: np.ndarray, rule: dict) -> np.ndarray:
     return arr
 
 
-def resize_stack(stack: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """Resize the last two axes of (..., Y, X) to ``size`` = (h, w)."""
+def _pil_plane_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype whose PIL image mode resamples as upstream's ``Image.open`` file would.
+
+    uint8 is mode ``L`` (results rounded to uint8), uint16 ``I;16``, smaller signed integers
+    ``I`` (int32); everything else is resampled as float32 (mode ``F``), without rounding.
+    """
+    if dtype in (np.uint8, np.uint16):
+        return np.dtype(dtype)
+    if dtype in (np.int8, np.int16):
+        return np.dtype(np.int32)
+    return np.dtype(np.float32)
+
+
+def resize_like_pil(stack: np.ndarray, size: tuple[int, int], source_dtype: np.dtype) -> np.ndarray:
+    """Bicubic resize of the last two axes to ``size`` = (h, w) with PIL, as upstream's preprocess.
+
+    ``stack`` holds the values of an image of ``source_dtype`` (as float32); each plane is
+    resampled in that dtype's PIL mode, so uint8 images are rounded to uint8 exactly as
+    ``PIL.Image.resize`` rounds them. Returns float32.
+    """
     h, w = size
     if stack.shape[-2:] == (h, w):
         return stack
-    lead = stack.shape[:-2]
+    plane = _pil_plane_dtype(np.dtype(source_dtype))
     flat = stack.reshape(-1, *stack.shape[-2:])
-    shrink = h * w < flat.shape[1] * flat.shape[2]
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    src_dtype = flat.dtype
-    work = flat.astype(np.float32) if not nearest and src_dtype != np.float32 else flat
-    if nearest and src_dtype not in (np.uint8, np.uint16, np.int16, np.float32):
-        work = flat.astype(np.int32 if src_dtype.kind in "iub" else np.float32)
-    out = np.stack([cv2.resize(s, (w, h), interpolation=interp) for s in work])
-    return out.astype(src_dtype, copy=False).reshape(*lead, h, w)
+    out = np.empty((flat.shape[0], h, w), np.float32)
+    for i, s in enumerate(flat):
+        out[i] = np.asarray(Image.fromarray(s.astype(plane)).resize((w, h), Image.Resampling.BICUBIC))
+    return out.reshape(*stack.shape[:-2], h, w)
+
+
+def upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, h, w) to (N, C, *size), bilinear without corner alignment (upstream's predict.py)."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+def shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) bool to (N, *size): a pixel is set when any pixel of the area it covers is set.
+
+    A scaled-down single target pixel must survive, so this is a max over areas, not a resample.
+    """
+    if mask.shape[-2:] == tuple(size):
+        return mask
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[:, None]
+    return (F.adaptive_max_pool2d(t, size)[:, 0] > 0).numpy()
 
 
 def scaled_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    if not scale > 0:
+    """Upstream's ``int(scale * size)``: the network's input size for ``scale``."""
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise InputError(f"scale must be a positive number; got {scale!r}.") from None
+    if not (math.isfinite(scale) and scale > 0):
         raise InputError(f"scale must be positive; got {scale}.")
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+    h, w = int(scale * shape[0]), int(scale * shape[1])
+    if h < 1 or w < 1:
+        raise InputError(
+            f"scale={scale} would shrink the {shape[0]}x{shape[1]} image to no pixels; use a larger scale."
+        )
+    return h, w
 
 
 def prepare(
@@ -179,28 +223,40 @@ def prepare(
     repeat_channels: bool = False,
     scale: float = 1.0,
 ) -> Prepared:
+    """As upstream's ``BasicDataset.preprocess``: resize (PIL bicubic, ``int(scale * size)``), then normalise."""
     notes: list[str] = []
+    source_dtype = np.asarray(image).dtype
     arr = to_channels_first(image, n_channels, channel_axis, rgb, repeat_channels, notes)
     stack_shape = arr.shape[:-3]
     spatial = arr.shape[-2:]
+    if scale != 1.0:
+        arr = resize_like_pil(arr, scaled_size(spatial, scale), source_dtype)
+    # Upstream decides on dividing by 255 after resizing: bicubic overshoot counts.
     rule = resolve_preprocess(preprocess, model_preprocess, arr)
     apply_preprocess(arr, rule)
     batch = arr.reshape(-1, *arr.shape[-3:])
-    if scale != 1.0:
-        batch = resize_stack(batch, scaled_size(spatial, scale))
     return Prepared(np.ascontiguousarray(batch), tuple(stack_shape), tuple(spatial), rule, notes)
 
 
 def padded_size(h: int, w: int) -> tuple[int, int]:
-    """The smallest size >= (h, w) that the U-Net's four poolings divide evenly."""
+    """The smallest size >= (h, w) that the U-Net's four poolings divide evenly (tiled runs)."""
     m = DOWNSAMPLING
     return max(m, -(-h // m) * m), max(m, -(-w // m) * m)
 
 
-def pad_for_network(batch: np.ndarray) -> np.ndarray:
-    """Reflect-pad (N, C, h, w) at the bottom and right to :func:`padded_size`."""
+def network_size(h: int, w: int) -> tuple[int, int]:
+    """The size a whole image is fed at: as it is, as upstream does, unless a side is below 16.
+
+    The four 2x poolings floor odd sizes and ``Up`` pads its upsampled input to the skip
+    connection's size, so any side >= 16 runs unpadded; a smaller side would pool to nothing.
+    """
+    return max(h, DOWNSAMPLING), max(w, DOWNSAMPLING)
+
+
+def pad_to(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Reflect-pad (N, C, h, w) at the bottom and right to ``size``."""
     h, w = batch.shape[-2:]
-    ph, pw = padded_size(h, w)
+    ph, pw = size
     if (ph, pw) == (h, w):
         return batch
     # Reflection needs at least two pixels along an axis; a single row or column is repeated.

@@ -15,6 +15,7 @@ from ._inferno import inferno_lut
 from .atomic import atomic_outputs
 from .errors import InputError
 from .headers import check_declared_size, check_tiff_chunks, plain_header, quiet_tifffile
+from .mask_values import labels_as_mask_values
 from .pipeline import ExplainResult
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -155,8 +156,12 @@ def write_result(
     probabilities: bool = False,
     rgb: bool = False,
     instances: bool = False,
+    mask_values: list | None = None,
 ) -> list[Path]:
-    """Labels TIFF, maps TIFF (decoder layer, class, stack..., Y, X), contact sheet PNG, metadata JSON."""
+    """Labels TIFF, maps TIFF (decoder layer, class, stack..., Y, X), contact sheet PNG, metadata JSON.
+
+    With ``mask_values`` the labels TIFF holds each class's mask value instead of its index.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = list(dict.fromkeys(k[0] for k in res.cams))
     classes = list(dict.fromkeys(k[1] for k in res.cams))
@@ -165,11 +170,12 @@ def write_result(
     finals = []
     with atomic_outputs() as target:
         p = out_dir / f"{stem}_labels.tif"
-        tifffile.imwrite(
-            target(p),
-            res.labels.astype(np.uint16 if res.labels.max() > 255 else np.uint8),
-            metadata={"axes": yx, "class_names": names},
-        )
+        if mask_values is None:
+            labels, meta = res.labels.astype(np.uint16 if res.labels.max() > 255 else np.uint8), {"axes": yx}
+        else:
+            labels = labels_as_mask_values(res.labels, mask_values)
+            meta = {"axes": yx + "S" * (labels.ndim - res.labels.ndim), "mask_values": mask_values}
+        tifffile.imwrite(target(p), labels, metadata={**meta, "class_names": names})
         finals.append(p)
         if res.cams:
             cams = np.stack([np.stack([res.cams[ly, c] for c in classes]) for ly in layers]).astype(np.float32)

@@ -100,13 +100,21 @@ class Method:
     grad_stats: Callable[[torch.Tensor, torch.Tensor, Stats], Stats] | None = None
     weights: Callable | None = None
 
-    def __call__(self, A: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
-        """The map of one tile or image, all statistics taken over it alone."""
+    def __call__(
+        self, A: torch.Tensor, G: torch.Tensor | None = None, valid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """The map of one image, its statistics taken over the top-left ``valid`` positions.
+
+        Positions outside ``valid`` (padding) still get a map value but weigh in no statistic.
+        """
         if self.local is not None:
             return self.local(A, G)
-        astats = self.act_stats(A) if self.act_stats else {}
-        gstats = self.grad_stats(A, G, astats) if self.grad_stats else {}
-        w, b = self.weights(astats, gstats, A.shape[2] * A.shape[3])
+        vh, vw = valid if valid is not None else A.shape[-2:]
+        Av = A[..., :vh, :vw]
+        Gv = G[..., :vh, :vw] if G is not None else None
+        astats = self.act_stats(Av) if self.act_stats else {}
+        gstats = self.grad_stats(Av, Gv, astats) if self.grad_stats else {}
+        w, b = self.weights(astats, gstats, vh * vw)
         return weighted_map(A, w, b)
 
 

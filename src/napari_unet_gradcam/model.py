@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import frozen
+from . import fast_paths
 
 DECODER_LAYERS = ("up1", "up2", "up3", "up4")
 ALL_LAYERS = ("inc", "down1", "down2", "down3", "down4", *DECODER_LAYERS, "outc")
@@ -33,8 +33,8 @@ class DoubleConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if frozen.applies(self, x):
-            return frozen.double_conv(self, None, x)
+        if fast_paths.applies(self, x):
+            return fast_paths.double_conv(self, None, x)
         return self.double_conv(x)
 
 
@@ -64,8 +64,8 @@ class Up(nn.Module):
         dx = x2.size(3) - x1.size(3)
         if dx or dy:  # a zero pad would still copy, forward and backward
             x1 = F.pad(x1, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-        if frozen.applies(self.conv, x2, x1):
-            return frozen.double_conv(self.conv, x2, x1)
+        if fast_paths.applies(self.conv, x2, x1):
+            return fast_paths.double_conv(self.conv, x2, x1)
         return self.conv(torch.cat([x2, x1], dim=1))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -9,30 +10,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .engine import (
-    eval_mode,
-    explain_tensor,
-    model_lock,
-    n_outputs,
-    probabilities_from_logits,
-    resolve_modules,
-)
+from ._version import __version__
+from .engine import Job, eval_mode, explain_whole, labels_from_logits, model_lock, n_outputs, resolve_modules
 from .errors import Cancelled, InputError
-from .image import Prepared, pad_for_network, padded_size, prepare, resize_stack
+from .image import Prepared, network_size, pad_to, prepare, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps
-from .resources import auto_batch, auto_tile, available_bytes, system_available_bytes
-from .tiling import explain_tiled, n_passes, round_tile
+from .run_plan import check_result_size, plan_run
+from .tiling import explain_tiled, n_passes, round_halo
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_HALO = 64
+DEFAULT_THRESHOLD = 0.5  # upstream predict.py's --mask-threshold
 
 
 @dataclass
@@ -46,7 +40,28 @@ class ExplainResult:
 
     @property
     def class_names(self) -> list[str]:
+        """Every class of the model, by index."""
         return list(self.metadata.get("class_names", []))
+
+    @property
+    def layers(self) -> list[str]:
+        """The explained layers, in the order asked for."""
+        return list(dict.fromkeys(k[0] for k in self.cams))
+
+    @property
+    def classes(self) -> list[int]:
+        """The explained class indices, in the order asked for."""
+        return list(dict.fromkeys(k[1] for k in self.cams))
+
+    def stacked(self) -> np.ndarray:
+        """Every map in one array: (layer, class, *stack, Y, X), in :attr:`layers` and :attr:`classes` order."""
+        if not self.cams:
+            return np.zeros((0, 0, *self.labels.shape), np.float32)
+        return np.stack([np.stack([self.cams[ly, c] for c in self.classes]) for ly in self.layers])
+
+    def to_json(self) -> str:
+        """The run's record (method, layers, classes, preprocessing, ranges, model, version...) as JSON."""
+        return json.dumps(self.metadata, indent=2, default=str)
 
     def instances(self) -> np.ndarray:
         """One label per object (nuclei split along the boundary class), the labels' shape.
@@ -109,12 +124,7 @@ def _target_mask(target, prep: Prepared, scaled: tuple[int, int]) -> np.ndarray 
             )
         mask = mask != 0
     mask = np.broadcast_to(mask, prep.stack_shape + (H, W)).reshape(-1, H, W)
-    if scaled != (H, W):
-        # A scaled-down single pixel must survive: take the max over the area it falls in.
-        mask = resize_stack(mask.astype(np.uint8), scaled, nearest=True).astype(bool) | (
-            resize_stack(mask.astype(np.float32), scaled) > 0
-        )
-    return np.ascontiguousarray(mask)
+    return np.ascontiguousarray(shrink_mask(mask, scaled))
 
 
 def _pad_mask(mask: np.ndarray, hp: int, wp: int) -> np.ndarray:
@@ -131,78 +141,49 @@ def _run(
     tile_size: int | None,
     halo: int,
     batch_size: int | None,
+    threshold: float,
     progress: ProgressCallback | None,
     cancel,
 ) -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray], int | None]:
-    """Probabilities (N, K, h, w), maps (N, h, w) on the model's unpadded grid, and the tile used."""
+    """Logits (N, K, h, w) and maps (N, h, w) on the model's (unpadded) grid, and the tile used."""
     device = next(net.parameters()).device
     modules = resolve_modules(net, layers)
     explaining = bool(modules) and bool(classes)
     n, _, h, w = prep.batch.shape
-    hp, wp = padded_size(h, w)
     width = int(getattr(net, "width", 64))
-    budget = available_bytes(device)
-    if tile_size is None:
-        tile = auto_tile(hp, wp, width, explaining, budget, halo)
-    else:
-        tile = round_tile(tile_size)
-        if tile >= hp and tile >= wp:
-            tile = None
-    if tile is None:
-        # On a CPU one slice at a time is fastest (bench/bench_stack.py); a GPU wants batches.
-        cap = 1 if device.type == "cpu" else 16
-        bs = batch_size or auto_batch(hp, wp, width, explaining, budget, cap=cap)
-        steps_per_slice = 1
-    else:
-        bs = 1
-        steps_per_slice = -(-hp // tile) * -(-wp // tile) * n_passes(method, explaining)
-    total, done = n * steps_per_slice, 0
+    passes = n_passes(method, explaining)
+    plan = plan_run(n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size)
+    done = 0
 
     def step(count: int = 1) -> None:
         nonlocal done
         done += count
         if progress is not None:
-            progress(done, total)
+            progress(done, plan.steps)
         if _is_cancelled(cancel):
             raise Cancelled("The run was cancelled; no results were kept.")
 
     if _is_cancelled(cancel):
         raise Cancelled("The run was cancelled before it started.")
-    _check_result_size(prep, n_outputs(net) + len(modules) * len(classes))
-    probs = np.empty((n, n_outputs(net), h, w), np.float32)
+    check_result_size(n, (h, w), prep.spatial_shape, n_outputs(net) + len(modules) * len(classes))
+    logits = np.empty((n, int(net.n_classes), h, w), np.float32)
     maps = {(ly, c): np.empty((n, h, w), np.float32) for ly in modules for c in classes}
     with model_lock(net), eval_mode(net):
-        for s in range(0, n, bs):
-            x = torch.from_numpy(pad_for_network(prep.batch[s : s + bs])).to(device)
+        for s in range(0, n, plan.batch):
+            e = s + plan.batch
+            x = torch.from_numpy(pad_to(prep.batch[s:e], plan.fed)).to(device)
             tgt = target
             if isinstance(target, np.ndarray):
-                tgt = torch.from_numpy(_pad_mask(target[s : s + bs], hp, wp)).to(device)
-            part = {k: v[s : s + bs] for k, v in maps.items()}
-            if tile is None:
-                logits, raw = explain_tensor(net, x, list(modules), classes, method, tgt)
-                probs[s : s + bs] = probabilities_from_logits(logits)[..., :h, :w].cpu().numpy()
-                for k, m in raw.items():
-                    up = F.interpolate(m[:, None], size=(hp, wp), mode="bilinear", align_corners=False)[:, 0]
-                    part[k][...] = up[..., :h, :w].cpu().numpy()
+                tgt = torch.from_numpy(_pad_mask(target[s:e], *plan.fed)).to(device)
+            job = Job(net, modules, classes, method, tgt, threshold)
+            part = {k: v[s:e] for k, v in maps.items()}
+            if plan.tile is None:
+                explain_whole(job, x, logits[s:e], part)
                 step(x.shape[0])
             else:
-                explain_tiled(net, x, modules, classes, method, tgt, tile, halo, step, probs[s : s + bs], part)
-            _check_finite(prep, probs[s : s + bs], part)
-    return probs, maps, tile
-
-
-def _check_result_size(prep: Prepared, n_arrays: int) -> None:
-    """Refuse, before allocating, a run whose results alone would not fit in memory."""
-    n, _, h, w = prep.batch.shape
-    H, W = prep.spatial_shape
-    need = 4 * n * (h * w + H * W) * n_arrays + 4 * n * H * W
-    free = system_available_bytes()
-    if need > 0.8 * free:
-        raise InputError(
-            f"The results would need {need / 2**30:.1f} GiB ({n_arrays - 1 if n_arrays > 1 else 0} maps and "
-            f"probabilities for {n} slice(s) of {H}x{W}), but only {free / 2**30:.1f} GiB is free. Explain fewer "
-            "layers or classes, a crop or fewer slices, or pass scale < 1."
-        )
+                explain_tiled(job, x, plan.tile, halo, step, logits[s:e], part)
+            _check_finite(prep, logits[s:e], part)
+    return logits, maps, plan.tile
 
 
 def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:
@@ -216,14 +197,63 @@ def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:
     )
 
 
-def _finish_shape(prep: Prepared, arr: np.ndarray, nearest: bool = False) -> np.ndarray:
-    """(N, ..., h, w) on the model's grid to (*stack, ..., H, W) on the image's."""
-    arr = resize_stack(arr, prep.spatial_shape, nearest=nearest)
-    return arr.reshape(*prep.stack_shape, *arr.shape[1:])
+def _decide(logits: torch.Tensor, threshold: float, with_probabilities: bool) -> tuple[np.ndarray, torch.Tensor | None]:
+    """Labels and probabilities of full-size logits, as upstream's predict.py decides them.
+
+    Both come from the same upsampled logits, so a label is always its pixel's most probable
+    class (or, for a one-channel model, the foreground where its probability exceeds ``threshold``).
+    """
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        probs = torch.stack([1 - p, p], 1) if with_probabilities else None
+        return (p > threshold).numpy().astype(np.int32), probs
+    labels = labels_from_logits(logits).numpy().astype(np.int32)
+    return labels, torch.softmax(logits, 1) if with_probabilities else None
 
 
-def _labels_from_probs(probs: np.ndarray) -> np.ndarray:
-    return probs.argmax(1).astype(np.int32) if probs.shape[1] > 2 else (probs[:, 1] > 0.5).astype(np.int32)
+def _finish(
+    prep: Prepared, logits: np.ndarray, maps: dict, threshold: float, with_probabilities: bool
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Model-grid logits and maps to the image's grid: logits upsampled (bilinear) before the decision.
+
+    Returns labels (*stack, H, W), probabilities (K, *stack, H, W) or None, and the maps.
+    """
+    H, W = prep.spatial_shape
+    n, k = logits.shape[:2]
+    labels = np.empty((n, H, W), np.int32)
+    probs = np.empty((max(k, 2), n, H, W), np.float32) if with_probabilities else None
+    same = logits.shape[-2:] == (H, W)  # scale 1: the maps are already on the image's grid
+    out_maps = maps if same else {key: np.empty((n, H, W), np.float32) for key in maps}
+    for i in range(n):  # one slice at a time: full-size logits of a whole stack need not fit
+        lab, p = _decide(upsample(torch.from_numpy(logits[i : i + 1]), (H, W)), threshold, probs is not None)
+        labels[i] = lab[0]
+        if p is not None:
+            probs[:, i] = p[0].numpy()
+        for key, m in () if same else maps.items():
+            out_maps[key][i] = upsample(torch.from_numpy(m[i : i + 1, None]), (H, W))[0, 0].numpy()
+    stack = prep.stack_shape
+    return (
+        labels.reshape(*stack, H, W),
+        None if probs is None else probs.reshape(-1, *stack, H, W),
+        {key: v.reshape(*stack, H, W) for key, v in out_maps.items()},
+    )
+
+
+def _threshold(net: nn.Module, threshold: float | None) -> float:
+    if threshold is None:
+        return DEFAULT_THRESHOLD
+    if int(net.n_classes) != 1:
+        raise InputError(
+            f"threshold applies to one-channel (sigmoid) models; this model has {net.n_classes} output "
+            "channels and labels each pixel with its most probable class. Leave threshold unset."
+        )
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0.0 <= t < 1.0:
+        raise InputError(f"threshold must be a probability in [0, 1); got {threshold!r}.")
+    return t
 
 
 def _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale) -> Prepared:
@@ -251,17 +281,25 @@ def predict(
     rgb: bool | None = None,
     repeat_channels: bool = False,
     scale: float = 1.0,
+    threshold: float | None = None,
     halo: int = DEFAULT_HALO,
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
 ) -> np.ndarray:
-    """Class-index labels (int32) with the image's stack and spatial shape."""
+    """Class-index labels (int32) with the image's stack and spatial shape.
+
+    As upstream's predict.py: the image is resized by ``scale`` (PIL bicubic, ``int(scale * size)``),
+    the logits are upsampled (bilinear) to the full size, then labelled by argmax, or for a
+    one-channel model by sigmoid > ``threshold`` (default 0.5).
+    """
+    t = _threshold(net, threshold)
+    halo = round_halo(halo)
     prep = _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale)
-    probs, _, _ = _run(
-        net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, progress, cancel
+    logits, _, _ = _run(
+        net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, t, progress, cancel
     )
-    return _finish_shape(prep, _labels_from_probs(probs), nearest=True)
+    return _finish(prep, logits, {}, t, with_probabilities=False)[0]
 
 
 def explain(
@@ -279,6 +317,7 @@ def explain(
     rgb: bool | None = None,
     repeat_channels: bool = False,
     scale: float = 1.0,
+    threshold: float | None = None,
     halo: int = DEFAULT_HALO,
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
@@ -290,6 +329,7 @@ def explain(
     ``"predicted"`` (pixels predicted as that class), ``"image"`` (all pixels), a boolean mask
     with the image's shape, or a ``(y, x)`` pixel. ``normalize`` is ``"per-map"`` (min-max per
     map), ``"shared"`` (one scale for every map of the run) or ``"none"`` (raw values).
+    ``scale`` and ``threshold`` are upstream predict.py's (see :func:`predict`).
     """
     t0 = time.perf_counter()
     if isinstance(layers, str):
@@ -300,12 +340,13 @@ def explain(
     if normalize not in NORMALIZE_MODES:  # checked before the work, not after it
         raise InputError(f"Unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZE_MODES)}.")
     resolve_modules(net, layers)
+    t = _threshold(net, threshold)
+    halo = round_halo(halo)
     prep = _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale)
     tgt = _target_mask(target, prep, prep.batch.shape[-2:])
-    probs, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, progress, cancel)
-    labels = _finish_shape(prep, _labels_from_probs(probs), nearest=True)
-    probabilities = np.moveaxis(_finish_shape(prep, probs), len(prep.stack_shape), 0)
-    cams = {k: _finish_shape(prep, v) for k, v in raw.items()}
+    logits, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel)
+    labels, probabilities, cams = _finish(prep, logits, raw, t, with_probabilities=True)
+    del logits, raw
     ranges = normalize_maps(cams, normalize)
     names = list(getattr(net, "class_names", [])) or [str(i) for i in range(n_outputs(net))]
     metadata = {
@@ -319,6 +360,7 @@ def explain(
         "normalize": normalize,
         "ranges": {f"{ly}/{c}": r for (ly, c), r in ranges.items()},
         "scale": scale,
+        "threshold": t if int(net.n_classes) == 1 else None,
         "tile_size": tile,
         "halo": halo if tile else None,
         "model": model_identity(net),

@@ -1,4 +1,10 @@
-"""A leaner backward pass through the U-Net's double convolutions when only inputs need gradients.
+"""Speed only: the fast forward and backward paths, each exact, each checked in tests/test_fast_paths.py.
+
+* :func:`run_net`: ``net(x)`` on cached channels-last, detached copies of the weights.
+* :func:`double_conv`: a leaner backward pass through the U-Net's double convolutions when only
+  inputs need gradients.
+
+Nothing here changes a result; take this module away and the algorithm (engine.py) is the same.
 
 Grad-CAM asks for d(score)/d(activation) with the network frozen (eval mode, no parameter
 gradients). Autograd then still pays for the BatchNorm backward as a separate pass over every
@@ -14,10 +20,49 @@ fine-tuning keep autograd), and no hook on the block or inside it (a hooked subm
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.nn.modules import module as _module
+
+_cache_guard = threading.Lock()
+
+
+def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` with frozen (detached) weights, channels-last where that is fast; the module is untouched.
+
+    oneDNN's and cuDNN's channels-last kernels run the U-Net's 3x3 convolutions (forward and
+    backward) markedly faster (bench/bench_speed.py); copying the weights costs little next to
+    one pass. Detached weights let the double convolutions take their lean backward
+    (:func:`double_conv`). Hooks on the module's submodules fire as usual.
+    """
+    channels_last = x.device.type in ("cpu", "cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return functional_call(net, _frozen_params(net, channels_last), (x,))
+
+
+_param_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
+
+
+def _frozen_params(net: nn.Module, channels_last: bool) -> dict[str, torch.Tensor]:
+    """The weight copies, made once and again only when a parameter changed (its storage or version)."""
+    named = list(net.named_parameters())
+    key = (channels_last, *((p.data_ptr(), p._version, p.device) for _, p in named))
+    with _cache_guard:
+        cached = _param_cache.get(net)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    with torch.no_grad():
+        params = {k: (v.contiguous(memory_format=fmt) if v.ndim == 4 else v).detach() for k, v in named}
+    with _cache_guard:
+        _param_cache[net] = (key, params)
+    return params
 
 
 def _global_hooks() -> bool:

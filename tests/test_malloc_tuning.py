@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from napari_unet_gradcam.allocator import pin_glibc_thresholds
+from napari_unet_gradcam.malloc_tuning import pin_glibc_thresholds
 
 glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
@@ -17,7 +17,7 @@ CHILD = r"""
 import resource
 import numpy as np
 from napari_unet_gradcam import explain, load_model
-from napari_unet_gradcam.allocator import pin_glibc_thresholds
+from napari_unet_gradcam.malloc_tuning import pin_glibc_thresholds
 from napari_unet_gradcam.synthetic import nuclei_2d
 applied = pin_glibc_thresholds()
 net, img = load_model(device="cpu"), nuclei_2d(7, (512, 512))

@@ -5,8 +5,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from napari_unet_gradcam import frozen
-from napari_unet_gradcam.engine import forward_and_gradients, resolve_modules, run_net
+from napari_unet_gradcam import fast_paths
+from napari_unet_gradcam.engine import forward_and_gradients, resolve_modules
+from napari_unet_gradcam.fast_paths import run_net
 from napari_unet_gradcam.model import DoubleConv
 
 from .conftest import tiny_unet
@@ -26,8 +27,8 @@ def plain_autograd(net):
 @contextmanager
 def counting(monkeypatch):
     calls = []
-    apply = frozen._ConvBnRelu.apply
-    monkeypatch.setattr(frozen._ConvBnRelu, "apply", lambda *a: calls.append(1) or apply(*a))
+    apply = fast_paths._ConvBnRelu.apply
+    monkeypatch.setattr(fast_paths._ConvBnRelu, "apply", lambda *a: calls.append(1) or apply(*a))
     yield calls
 
 
