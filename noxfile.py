@@ -45,8 +45,8 @@ def install_and_test(session: nox.Session, *constraints: str) -> None:
         path = Path(session.create_tmp()) / "oldest.txt"
         path.write_text("\n".join(constraints) + "\n")
         session.install("-e", ".[testing]", "-c", str(path))
-    else:
-        session.install("--upgrade", "--upgrade-strategy", "eager", "-e", ".[testing]")
+    else:  # a fresh venv gets the latest releases; no --upgrade, which would replace TORCH_SPEC's torch
+        session.install("-e", ".[testing]")
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     session.run(*XVFB, "python", "-m", "pytest", "-p", "no:cacheprovider", *session.posargs, external=True, env=QT)
 
