@@ -141,7 +141,8 @@ def test_progress_and_cancellation_mid_run():
     img = rng_image((8, 64, 64))
     seen = []
     explain(img, net, layers=("up4",), batch_size=2, progress=lambda d, t: seen.append((d, t)))
-    assert seen[-1] == (8, 8) and [d for d, _ in seen] == [2, 4, 6, 8]
+    # 4 batches of 2 slices, each a forward pass and one backward per class (3): 16 steps.
+    assert seen[-1] == (16, 16) and [d for d, _ in seen] == list(range(1, 17))
     stop = threading.Event()
     calls = []
 

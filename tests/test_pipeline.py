@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_gradcam import InputError, explain, load_model, predict
+from napari_unet_gradcam import Cancelled, InputError, explain, load_model, predict
 from napari_unet_gradcam.image import prepare
 from napari_unet_gradcam.synthetic import nuclei_2d
 
@@ -99,3 +99,24 @@ def test_result_is_typed_and_keeps_its_metadata(img):
         {"index": 0, "name": "background"},
     ]
     assert set(res.metadata) >= {"method", "target", "ranges", "scale", "threshold", "tile_size", "model", "version"}
+
+
+def test_a_single_2d_image_reports_its_forward_pass_and_each_class(net, image):
+    seen = []
+    explain(image, net, layers=("up3", "up4"), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # forward, then one step per class (3 classes)
+    seen.clear()
+    explain(image, net, method="eigencam", progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 1)]  # no gradients: the forward pass is the whole run
+
+
+def test_cancel_between_classes_of_one_image(net, image):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2  # before the run, after the forward pass, then: stop
+
+    with pytest.raises(Cancelled):
+        explain(image, net, cancel=cancel)
+    assert len(calls) == 3

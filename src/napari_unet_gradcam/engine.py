@@ -205,6 +205,7 @@ def forward_and_gradients(
     with_gradients: bool = True,
     on_class: GradientSink | None = None,
     valid: Valid | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
     """Logits, hooked activations and, per (layer, class), the gradient of the class score.
 
@@ -214,10 +215,13 @@ def forward_and_gradients(
     With ``on_class``, each class's gradients go to ``on_class(cls, activations, gradients)``
     as soon as they exist and are not kept: only one class's gradients are alive at a time,
     so the next class's backward reuses their memory instead of faulting in fresh pages.
+    ``on_step()`` is called after the forward pass and after each class (progress, cancellation).
     """
     track = with_gradients and bool(modules) and bool(classes)
     with torch.no_grad(), hooked(net, modules, track) as acts:
         logits = run_net(net, x)
+    if on_step is not None:
+        on_step()
     names = list(acts)
     missing = [n for n in modules if n not in acts]
     if missing:
@@ -243,6 +247,8 @@ def forward_and_gradients(
             else:
                 grads.update({(n, cls): g for n, g in per_layer.items()})
             del per_layer
+            if on_step is not None:
+                on_step()
     return logits.detach(), detached, grads
 
 
@@ -254,6 +260,7 @@ def explain_tensor(
     method,
     target="predicted",
     valid: Valid | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """Logits and every (layer, class) map at its layer's resolution, from one forward pass.
 
@@ -273,7 +280,7 @@ def explain_tensor(
 
     with model_lock(net), eval_mode(net):
         logits, acts, _ = forward_and_gradients(
-            net, x, modules, classes, target, method.needs_gradients, take, valid=valid
+            net, x, modules, classes, target, method.needs_gradients, take, valid=valid, on_step=on_step
         )
     if not method.needs_gradients:
         for name in modules:
@@ -294,7 +301,14 @@ class Job:
     threshold: float = 0.5
 
 
-def explain_whole(job: Job, x: torch.Tensor, logits_out: np.ndarray, maps_out: Mapping) -> None:
+def steps_per_pass(job: Job) -> int:
+    """Progress steps of one whole-image pass: the forward pass, then one per class's gradients."""
+    return 1 + (len(job.classes) if job.modules and job.method.needs_gradients else 0)
+
+
+def explain_whole(
+    job: Job, x: torch.Tensor, logits_out: np.ndarray, maps_out: Mapping, on_step: Callable[[], None] | None = None
+) -> None:
     """Fill ``logits_out`` (B, K, h, w) and ``maps_out`` (B, h, w) from one pass over ``x``.
 
     The contract of :func:`tiling.explain_tiled` too. (h, w) is the image inside ``x``, which
@@ -302,7 +316,9 @@ def explain_whole(job: Job, x: torch.Tensor, logits_out: np.ndarray, maps_out: M
     """
     valid = logits_out.shape[-2:]
     tgt = predicted(job.threshold) if isinstance(job.target, str) and job.target == "predicted" else job.target
-    logits, raw = explain_tensor(job.net, x, list(job.modules), job.classes, job.method, tgt, valid=valid)
+    logits, raw = explain_tensor(
+        job.net, x, list(job.modules), job.classes, job.method, tgt, valid=valid, on_step=on_step
+    )
     logits_out[...] = logits[..., : valid[0], : valid[1]].cpu().numpy()
     for k, m in raw.items():
         maps_out[k][...] = map_to_input(m, tuple(x.shape[-2:]), valid).cpu().numpy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,16 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .engine import Job, eval_mode, explain_whole, labels_from_logits, model_lock, n_outputs, resolve_modules
+from .engine import (
+    Job,
+    eval_mode,
+    explain_whole,
+    labels_from_logits,
+    model_lock,
+    n_outputs,
+    resolve_modules,
+    steps_per_pass,
+)
 from .errors import Cancelled, InputError
 from .image import Prepared, network_size, pad_to, prepare, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
@@ -153,13 +162,16 @@ def _run(
     width = int(getattr(net, "width", 64))
     passes = n_passes(method, explaining)
     plan = plan_run(n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size)
+    job = Job(net, modules, classes, method, target, threshold)
+    # Whole slices report every forward pass and every class, so a single 2-D image moves too.
+    total = plan.steps if plan.tile is not None else -(-n // plan.batch) * steps_per_pass(job)
     done = 0
 
     def step(count: int = 1) -> None:
         nonlocal done
         done += count
         if progress is not None:
-            progress(done, plan.steps)
+            progress(done, total)
         if _is_cancelled(cancel):
             raise Cancelled("The run was cancelled; no results were kept.")
 
@@ -175,13 +187,12 @@ def _run(
             tgt = target
             if isinstance(target, np.ndarray):
                 tgt = torch.from_numpy(_pad_mask(target[s:e], *plan.fed)).to(device)
-            job = Job(net, modules, classes, method, tgt, threshold)
+            batch_job = replace(job, target=tgt)
             part = {k: v[s:e] for k, v in maps.items()}
             if plan.tile is None:
-                explain_whole(job, x, logits[s:e], part)
-                step(x.shape[0])
+                explain_whole(batch_job, x, logits[s:e], part, on_step=step)
             else:
-                explain_tiled(job, x, plan.tile, halo, step, logits[s:e], part)
+                explain_tiled(batch_job, x, plan.tile, halo, step, logits[s:e], part)
             _check_finite(prep, logits[s:e], part)
     return logits, maps, plan.tile
 
