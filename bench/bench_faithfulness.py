@@ -8,6 +8,8 @@
    bench/eval_real_nuclei.py has cached the DSB2018 image in bench/.data, on a crop of it.
 
     .venv/bin/python bench/bench_faithfulness.py [--size 512] [--rounds 3] [--table-size 256] [--json out.json]
+
+The "region" rows are a reference, not a method: each class's own predicted region used as its map.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet_gradcam import explain, load_model, predict
-from napari_unet_gradcam.faithfulness import DEFAULT_STEPS, SUMMARY_COLUMNS, check_maps, estimate_cost
+from napari_unet_gradcam.faithfulness import BASELINES, DEFAULT_STEPS, SUMMARY_COLUMNS, check_maps, estimate_cost
 from napari_unet_gradcam.methods import METHODS
 from napari_unet_gradcam.synthetic import nuclei_2d
 
@@ -62,13 +64,17 @@ def cost(net, size: int, rounds: int) -> None:
         print(f"| {k} | {passes} | {explains} | {m:.1f} | {m / p:.1f} |")
 
 
-def table(net, img: np.ndarray, label: str, rows: list[dict]) -> None:
-    print(f"\n# {label}: {img.shape}; deletion/insertion AUC divided by the random order's (del < 1, ins > 1 good)")
+def table(net, img: np.ndarray, label: str, rows: list[dict], methods: list[str], baseline: str) -> None:
+    print(f"\n# {label}: {img.shape}, {baseline} baseline; AUCs also as ratios to the random order's")
     print("| method | layer | class | deletion AUC | vs random | insertion AUC | vs random | randomisation rho |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for method in METHODS:
-        result = explain(img, net, method=method)
-        checks = check_maps(img, net, result)
+    for method in [*methods, "region"]:
+        if method == "region":  # reference: each class's own predicted region as its map (no randomisation)
+            result = explain(img, net, layers=["up4"])
+            result.cams = {k: (result.labels == k[1]).astype(np.float32) for k in result.cams}
+            checks = check_maps(img, net, result, randomisation=False, baseline=baseline)
+        else:
+            checks = check_maps(img, net, explain(img, net, method=method), baseline=baseline)
         for c, row in zip(checks.checks, checks.summary_rows(), strict=True):
             rows.append({"image": label, "method": method, **dict(zip(SUMMARY_COLUMNS, row, strict=True))})
             print(
@@ -83,6 +89,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--table-size", type=int, default=256)
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--baseline", default="blur", choices=BASELINES)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated; empty: the reference rows only")
     p.add_argument("--json", default=None, help="also write every map's figures here")
     a = p.parse_args()
     net = load_model(device="cpu")
@@ -90,12 +98,15 @@ def main() -> None:
         cost(net, a.size, a.rounds)
     n = a.table_size
     rows: list[dict] = []
-    table(net, nuclei_2d(7, (512, 512))[:n, :n], "synthetic nuclei_2d(7)", rows)
+    methods = [m for m in a.methods.split(",") if m]
+    if n <= 0:
+        return
+    table(net, nuclei_2d(7, (512, 512))[:n, :n], "synthetic nuclei_2d(7)", rows, methods, a.baseline)
     real = DATA / "img2d.tif"
     if real.exists():
         import tifffile
 
-        table(net, tifffile.imread(real)[:n, :n], "DSB2018 (stardist img2d)", rows)
+        table(net, tifffile.imread(real)[:n, :n], "DSB2018 (stardist img2d)", rows, methods, a.baseline)
     else:
         print(f"\n# real image skipped: {real} is not cached (bench/eval_real_nuclei.py fetches it)")
     if a.json:

@@ -56,6 +56,8 @@ SUMMARY_COLUMNS = (
     "insertion vs random",
     "randomisation rho",
 )
+#: Below this random-order area a ratio would only amplify noise: it is reported as NaN.
+MIN_RANDOM_AUC = 0.05
 _BATCH_BYTES = 1 << 30  # activations of one batch of perturbed images, roughly
 
 
@@ -65,7 +67,7 @@ class MapCheck:
 
     Scores are normalised as ``(S - S_baseline) / (S_image - S_baseline)``: 1 for the unperturbed
     image, 0 for the all-baseline image. Deletion: lower AUC is better; insertion: higher.
-    ``*_vs_random`` divide by the random order's AUC (NaN where that is not positive);
+    ``*_vs_random`` divide by the random order's AUC (NaN where that is below ``MIN_RANDOM_AUC``);
     ``randomisation_rho`` is NaN where randomisation was off or a map was constant.
     """
 
@@ -322,7 +324,8 @@ def _auc(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def _ratio(a: float, b: float) -> float:
-    return a / b if b > 1e-9 and math.isfinite(a) else math.nan
+    """``a / b``, or NaN where the random order's area is too near zero (or below) to divide by."""
+    return a / b if b >= MIN_RANDOM_AUC and math.isfinite(a) else math.nan
 
 
 # -- cascading randomisation ---------------------------------------------------------------------
