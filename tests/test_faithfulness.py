@@ -187,3 +187,13 @@ def test_bad_input_is_refused(small_image, net):
     stack = np.stack([small_image, small_image])
     with pytest.raises(InputError, match="one slice"):
         check_maps(stack, net, explain(stack, net, layers=["up4"], classes=[1]))
+
+
+def test_batching_does_not_change_the_curves(small_image, net):
+    result = explain(small_image, net, layers=["up3"], classes=[1, 2])
+    one = check_maps(small_image, net, result, steps=STEPS, randomisation=False, batch_size=1)
+    many = check_maps(small_image, net, result, steps=STEPS, randomisation=False, batch_size=5)
+    assert one.forward_passes == many.forward_passes
+    for a, b in zip(one.checks, many.checks, strict=True):
+        np.testing.assert_allclose(a.deletion, b.deletion, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.insertion, b.insertion, rtol=1e-4, atol=1e-5)

@@ -151,11 +151,6 @@ class CheckCost:
     forward_passes: int
     explain_runs: int
 
-    @property
-    def steps(self) -> int:
-        """Units of progress: one per batch of perturbed images and one per explain() run."""
-        return self.forward_passes + self.explain_runs
-
 
 def _nan_to_none(v):
     if isinstance(v, float) and not math.isfinite(v):
@@ -429,7 +424,8 @@ def check_maps(
 
     cost = estimate_cost(result, steps=fr, randomisation=randomisation, maps=keys)
     inner = len(fr) - 2
-    per_image = 24 * int(getattr(net, "width", 64)) * size[0] * size[1] * 4  # a few activations per image
+    # Inference keeps the skip connections and a few decoder tensors: about 8 x width channels at full size.
+    per_image = 8 * int(getattr(net, "width", 64)) * size[0] * size[1] * 4
     bs = max(1, min(inner, batch_size or _BATCH_BYTES // per_image))
     n_orders = len({_order_key(result.cams[k]) for k in keys})
     total, done = 1 + 2 * (n_orders + 1) * -(-inner // bs) + cost.explain_runs, 0
