@@ -23,12 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet_gradcam import explain, load_model, predict
-from napari_unet_gradcam.faithfulness import BASELINES, DEFAULT_STEPS, SUMMARY_COLUMNS, check_maps, estimate_cost
+from napari_unet_gradcam.faithfulness import (
+    BASELINES,
+    DEFAULT_STEPS,
+    QUICK_STEPS,
+    SUMMARY_COLUMNS,
+    check_maps,
+    estimate_cost,
+)
 from napari_unet_gradcam.methods import METHODS
 from napari_unet_gradcam.synthetic import nuclei_2d
 
 DATA = Path(__file__).parent / ".data"
-QUICK_STEPS = (0.0, 0.1, 0.3, 1.0)
 
 
 def timed(fn) -> float:
@@ -64,6 +70,35 @@ def cost(net, size: int, rounds: int) -> None:
         print(f"| {k} | {passes} | {explains} | {m:.1f} | {m / p:.1f} |")
 
 
+def layouts(net, size: int, rounds: int) -> None:
+    """Per-image time of one forward pass: the module's layout or channels-last, one image or six."""
+    import copy
+
+    import torch
+
+    img = nuclei_2d(7, (size, size))
+    cl = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
+    x1, x6 = torch.rand(1, 1, size, size), torch.rand(6, 1, size, size)
+    runs = {
+        "predict()": (lambda: predict(img, net), 1),
+        "net(x), module layout, 1 image": (lambda: net(x1), 1),
+        "net(x), module layout, 6 images": (lambda: net(x6), 6),
+        "channels-last copy, 1 image": (lambda: cl(x1.contiguous(memory_format=torch.channels_last)), 1),
+        "channels-last copy, 6 images": (lambda: cl(x6.contiguous(memory_format=torch.channels_last)), 6),
+    }
+    t: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        for fn, _ in runs.values():
+            fn()
+        for _ in range(rounds):
+            for k, (fn, n) in runs.items():
+                t[k].append(timed(fn) / n)
+    print(f"\n# one forward pass per image, {size}x{size}, median of {rounds} interleaved rounds")
+    print("| pass | ms per image |\n| --- | --- |")
+    for k in runs:
+        print(f"| {k} | {statistics.median(t[k]) * 1000:.0f} |")
+
+
 def table(net, img: np.ndarray, label: str, rows: list[dict], methods: list[str], baseline: str) -> None:
     print(f"\n# {label}: {img.shape}, {baseline} baseline; AUCs also as ratios to the random order's")
     print("| method | layer | class | deletion AUC | vs random | insertion AUC | vs random | randomisation rho |")
@@ -95,6 +130,7 @@ def main() -> None:
     a = p.parse_args()
     net = load_model(device="cpu")
     if not a.skip_cost:
+        layouts(net, a.size, a.rounds)
         cost(net, a.size, a.rounds)
     n = a.table_size
     rows: list[dict] = []

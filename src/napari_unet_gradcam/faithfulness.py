@@ -45,6 +45,8 @@ from .pipeline import ExplainResult, explain
 ProgressCallback = Callable[[int, int], None]
 #: Fractions of the pixels removed (deletion) or put back (insertion), 0 and 1 included.
 DEFAULT_STEPS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+#: A coarser curve at about a third of the cost: two intermediate points instead of six.
+QUICK_STEPS = (0.0, 0.1, 0.3, 1.0)
 BASELINES = ("blur", "mean")
 #: Gaussian sigma of the "blur" baseline, in the network's pixels: wider than a typical nucleus
 #: of the bundled model's training data, so a blurred nucleus no longer looks like one.
@@ -247,12 +249,12 @@ class _Scorer:
     The passes run on a private eval-mode copy of the network: the user's module is never switched
     to eval mode or locked (another thread may explain() with it meanwhile), and on a CPU or CUDA
     device the copy's weights and inputs are channels-last, which runs the U-Net's convolutions
-    about 1.4x faster than the default layout (bench/bench_faithfulness.py's notes).
+    faster than the module's own layout (bench/bench_faithfulness.py; docs/benchmarks.md).
     """
 
     def __init__(self, net: nn.Module, regions: dict[int, torch.Tensor], device: torch.device):
         self.regions, self.device = regions, device
-        with model_lock(net):
+        with model_lock(net):  # as in randomised_copy: no other run's hooks in the copy
             self.net = copy.deepcopy(net).eval()
         self.layout = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
         self.net.to(memory_format=self.layout)
@@ -353,7 +355,9 @@ def randomised_copy(net: nn.Module, layer: str, seed: int = 0) -> nn.Module:
     if top not in names:
         raise InputError(f"Layer {layer!r} is not a module of the network; its modules are {', '.join(names)}.")
     device = next(net.parameters()).device
-    out = copy.deepcopy(net).to("cpu")  # re-initialised on the CPU so one seed gives one network anywhere
+    with model_lock(net):  # not mid-way through another thread's explain(), whose hooks would be copied
+        out = copy.deepcopy(net)
+    out.to("cpu")  # re-initialised on the CPU so one seed gives one network anywhere
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in names[names.index(top) :]:
