@@ -184,6 +184,10 @@ def test_bad_input_is_refused(small_image, net):
         check_maps(small_image, net, result, maps=[("up1", 1)])
     with pytest.raises(InputError, match="image that explain"):
         check_maps(small_image[:32], net, result)
+    tiled = explain(small_image, net, layers=["up4"], classes=[1], tile_size=32, halo=16)
+    assert tiled.metadata["tile_size"]
+    with pytest.raises(InputError, match="tiles"):
+        check_maps(small_image, net, tiled)
     stack = np.stack([small_image, small_image])
     with pytest.raises(InputError, match="one slice"):
         check_maps(stack, net, explain(stack, net, layers=["up4"], classes=[1]))

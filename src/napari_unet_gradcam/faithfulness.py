@@ -48,8 +48,8 @@ DEFAULT_STEPS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 #: A coarser curve at about a third of the cost: two intermediate points instead of six.
 QUICK_STEPS = (0.0, 0.1, 0.3, 1.0)
 BASELINES = ("blur", "mean")
-#: Gaussian sigma of the "blur" baseline, in the network's pixels: wider than a typical nucleus
-#: of the bundled model's training data, so a blurred nucleus no longer looks like one.
+#: Gaussian sigma of the "blur" baseline, in the network's pixels: about a nucleus radius
+#: of the bundled model's training data (5-24 px), so a blurred nucleus loses its edges.
 DEFAULT_BLUR_SIGMA = 10.0
 SUMMARY_COLUMNS = (
     "map",
@@ -429,6 +429,11 @@ def check_maps(
         raise InputError(
             "check_maps checks one 2-D image at a time: pass one slice of the stack and the result of explain() "
             "for that slice."
+        )
+    if md.get("tile_size"):
+        raise InputError(
+            f"The result was computed in {md['tile_size']}-pixel tiles, but the check runs whole-image passes, "
+            "one per perturbed image, which would not fit either: check a crop of the image (explain() it first)."
         )
     if result.labels.shape != prep.spatial_shape:
         raise InputError(
