@@ -126,7 +126,7 @@ def test_scale_resizes_for_the_network_and_back():
     img = rng_image((50, 70))
     res = explain(img, net, scale=0.5, layers=("up4",))
     assert res.labels.shape == (50, 70) and res.cams["up4", 0].shape == (50, 70)
-    with pytest.raises(InputError, match="scale must be positive"):
+    with pytest.raises(InputError, match="scale must be a positive"):
         predict(img, net, scale=0)
 
 

@@ -203,7 +203,7 @@ def scaled_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise InputError(f"scale must be a positive number; got {scale!r}.") from None
     if not (math.isfinite(scale) and scale > 0):
-        raise InputError(f"scale must be positive; got {scale}.")
+        raise InputError(f"scale must be a positive, finite number; got {scale}.")
     h, w = int(scale * shape[0]), int(scale * shape[1])
     if h < 1 or w < 1:
         raise InputError(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import run_arguments as args
 from ._version import __version__
 from .engine import (
     Job,
@@ -304,9 +305,10 @@ def predict(
     the logits are upsampled (bilinear) to the full size, then labelled by argmax, or for a
     one-channel model by sigmoid > ``threshold`` (default 0.5).
     """
+    net = args.model(net)
+    tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     t = _threshold(net, threshold)
-    halo = round_halo(halo)
-    prep = _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale)
+    prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
     logits, _, _ = _run(
         net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, t, progress, cancel
     )
@@ -343,17 +345,17 @@ def explain(
     ``scale`` and ``threshold`` are upstream predict.py's (see :func:`predict`).
     """
     t0 = time.perf_counter()
-    if isinstance(layers, str):
-        layers = (layers,)
-    layers = tuple(layers)
+    net = args.model(net)
+    layers = args.layers(layers)
+    tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     m = get_method(method)
     class_idx = _class_indices(net, classes)
     if normalize not in NORMALIZE_MODES:  # checked before the work, not after it
         raise InputError(f"Unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZE_MODES)}.")
     resolve_modules(net, layers)
+    args.explained_modules(net, layers)
     t = _threshold(net, threshold)
-    halo = round_halo(halo)
-    prep = _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale)
+    prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
     tgt = _target_mask(target, prep, prep.batch.shape[-2:])
     logits, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel)
     labels, probabilities, cams = _finish(prep, logits, raw, t, with_probabilities=True)
