@@ -18,6 +18,8 @@ _LAZY = {
     "Cancelled": "errors",
     "CheckpointError": "errors",
     "InputError": "errors",
+    "MapChecks": "faithfulness",
+    "check_maps": "faithfulness",
     "UnetGradcamError": "errors",
     "instance_labels": "instances",
     "DECODER_LAYERS": "model",
@@ -33,9 +35,11 @@ __all__ = [
     "DECODER_LAYERS",
     "ExplainResult",
     "InputError",
+    "MapChecks",
     "UNet",
     "UnetGradcamError",
     "__version__",
+    "check_maps",
     "explain",
     "instance_labels",
     "load_model",
@@ -46,6 +50,7 @@ __all__ = [
 if TYPE_CHECKING:  # what static tools and IDEs see
     from .checkpoint import load_model, save_checkpoint
     from .errors import Cancelled, CheckpointError, InputError, UnetGradcamError
+    from .faithfulness import MapChecks, check_maps
     from .instances import instance_labels
     from .model import DECODER_LAYERS, UNet
     from .pipeline import ExplainResult, explain, predict
