@@ -32,6 +32,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy
 
+from ._checks import LastRun, annotate_layers, cost_text, refuse_if_unchecked, show_table
+from ._checks import compute as compute_checks
 from ._choices import _unwrap, image_layers, pick_source, region_layers
 from ._grid import GridView
 from ._job import Runner, RunState, step_through
@@ -90,6 +92,8 @@ TIPS = {
     "keep_btn": "Set the current results aside (renamed '#1', '#2', ...) so the next run adds new layers to compare.",
     "grid_btn": "Show the maps side by side, each over the image; kept runs become rows. Press again to leave.",
     "export_btn": "Save the last run as the CLI does: labels and maps TIFF, contact sheet PNG, metadata JSON.",
+    "check_btn": "How far to trust each map: deletion and insertion curves against a random pixel order, and "
+    "the cascading-randomisation correlation (docs/faithfulness.md). Runs in the background; Cancel stops it.",
 }
 
 
@@ -139,7 +143,8 @@ class GradCamWidget(Container):
         self._model = None
         self._model_error: str | None = None
         self._source = None
-        self._last = None  # (Snapshot, ExplainResult, its layers) of the last finished run
+        self._last: LastRun | None = None  # what the last finished run explained
+        self._checks_table = None
         self._added: list = []  # the layers the last run created (not updated)
         self._progress = None
         self.grid = GridView(self.viewer)
@@ -183,6 +188,7 @@ class GradCamWidget(Container):
         self.keep_btn = PushButton(text="Keep run", enabled=False)
         self.grid_btn = PushButton(text="Grid view of heatmaps")
         self.export_btn = PushButton(text="Export run ...", enabled=False)
+        self.check_btn = PushButton(text="Check maps", enabled=False)
         self.bar = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="Ready.")
         self._advanced = [
@@ -225,7 +231,7 @@ class GradCamWidget(Container):
                 *self._advanced,
                 buttons,
                 compare,
-                self.export_btn,
+                Container(layout="horizontal", widgets=[self.check_btn, self.export_btn], labels=False),
                 self.bar,
                 self.status,
             ]
@@ -244,6 +250,7 @@ class GradCamWidget(Container):
         self.keep_btn.changed.connect(self.keep)
         self.grid_btn.changed.connect(self.toggle_grid)
         self.export_btn.changed.connect(self._ask_export)
+        self.check_btn.changed.connect(self.check_maps)
         events = self.viewer.layers.events
         self._viewer_connections = [
             (events.inserted, self._on_inserted),
@@ -428,24 +435,29 @@ class GradCamWidget(Container):
             )
             if params["instances"]:
                 res.instances()  # computed here, off the main thread
+            inputs.update(image=data, rgb=rgb, net=net)
             return res
+
+        inputs: dict = {}
 
         self.bar.value = 0
         what = f"slice {index} of '{snap.name}'" if index else f"'{snap.name}'"
         self._set_status(f"Running {METHODS[params['method']].title} on {what} ...")
-        self.runner.start(compute, lambda res: self._build(snap, res), lambda res, s: self._finish(snap, res, s))
+        self.runner.start(
+            compute, lambda res: self._build(snap, res, inputs, target), lambda res, s: self._finish(snap, res, s)
+        )
 
-    def _build(self, snap: Snapshot, res):
+    def _build(self, snap: Snapshot, res, inputs: dict, target):
         tuples = build_layers(snap, res, snap.params["stacked"])
         before = {id(ly) for ly in self.viewer.layers}
         made = yield from _collect(iter_apply_layers(self.viewer, snap, tuples))
         self._added = [ly for ly in made if id(ly) not in before]
-        self._last = (snap, res, made)
+        self._last = LastRun(snap, res, made, inputs["image"], inputs["rgb"], target, inputs["net"])
         if self.grid.active:
             yield from self.grid.show()
 
     def _finish(self, snap: Snapshot, res, seconds: float) -> str:
-        made = self._last[2] if self._last else []
+        made = self._last.layers if self._last else []
         first = next((ly for ly in made if ly.visible and mark(ly).get("kind") in ("heatmap", "stack")), None)
         if first is not None and not self.grid.active:
             self.viewer.layers.selection.active = first
@@ -480,6 +492,7 @@ class GradCamWidget(Container):
         self.cancel_btn.enabled = state is RunState.RUNNING
         self.keep_btn.enabled = not busy and self._last is not None
         self.export_btn.enabled = not busy and self._last is not None
+        self.check_btn.enabled = not busy and self._last is not None
         if state is not RunState.RUNNING and self._progress is not None:
             self._progress.close()
             self._progress = None
@@ -527,7 +540,7 @@ class GradCamWidget(Container):
         """Class probabilities under the cursor, in the status bar's help field."""
         if self._last is None or self.runner.state is RunState.CLOSED:
             return
-        snap, res, _ = self._last
+        snap, res = self._last.snap, self._last.result
         world = np.asarray(self.viewer.cursor.position, float)
         ndim = len(snap.scale)
         if world.size < ndim:
@@ -571,6 +584,30 @@ class GradCamWidget(Container):
     def _has_maps(self) -> bool:
         return any(mark(ly).get("kind") in ("heatmap", "stack") for ly in self.viewer.layers)
 
+    def check_maps(self, _=None) -> None:
+        """Faithfulness and sanity checks of the last run's maps, in the worker, with progress and cancel."""
+        if self.runner.busy or self.runner.state is RunState.CLOSED:
+            return
+        try:
+            run = refuse_if_unchecked(self._last)
+        except UnetGradcamError as exc:
+            self._set_status(str(exc), error=True)
+            return
+        self.bar.value = 0
+        self._set_status(cost_text(run))
+        annotated: list[int] = []
+
+        def build(checks):
+            annotated.append(annotate_layers(self.viewer, run, checks))
+            yield
+            self._checks_table = show_table(self.viewer, checks, self._checks_table)
+
+        def finish(checks, seconds: float) -> str:
+            where = f"in the table and in {annotated[0]} layer(s)' metadata"
+            return f"Checked {len(checks.checks)} map(s) in {seconds:.0f} s: the numbers are {where}."
+
+        self.runner.start(lambda progress, cancel: compute_checks(run, progress, cancel), build, finish)
+
     def _ask_export(self, _=None) -> None:
         from qtpy.QtWidgets import QFileDialog
 
@@ -591,7 +628,7 @@ class GradCamWidget(Container):
         if self._last is None:
             self._set_status("Nothing to export: press Run first.", error=True)
             return []
-        snap, res, _ = self._last
+        snap, res = self._last.snap, self._last.result
         stem = re.sub(r"[^\w.-]+", "_", snap.name).strip("_") or "image"
         n_stack = res.labels.ndim - 2
         axes = "QTZ"[-n_stack:] if n_stack else ""
