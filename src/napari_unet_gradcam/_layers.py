@@ -143,7 +143,7 @@ def first_shown(layers_order: list[str], classes_order: list[int]) -> tuple[str,
 
 def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> list[tuple]:
     md = res.metadata
-    names = md["class_names"]
+    names = res.class_names
     out = []
     labels_kw = {
         "name": f"{snap.name} labels (UNet)",
@@ -171,12 +171,11 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
     if md["normalize"] == "none":
         lows, highs = zip(*md["ranges"].values(), strict=True)
         limits = [float(min(lows)), float(max(max(highs), min(lows) + 1e-12))]
-    layers_order = list(dict.fromkeys(k[0] for k in keys))
-    classes_order = list(dict.fromkeys(k[1] for k in keys))
+    layers_order, classes_order = res.layers, res.classes
     common = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "contrast_limits": limits}
     shown = first_shown(layers_order, classes_order)
     if stacked:
-        data = np.stack([np.stack([res.cams[ly, c] for c in classes_order]) for ly in layers_order])
+        data = res.stacked()
         kw = {
             "name": f"{snap.name} {title} maps",
             "metadata": _provenance(

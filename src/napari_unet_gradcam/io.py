@@ -97,9 +97,7 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 def contact_sheet(image2d: np.ndarray, res: ExplainResult, index: tuple = (), cell: int = 256) -> np.ndarray:
     """Rows = decoder layers, columns = classes; each map over the image, titled; RGB uint8."""
-    layers = list(dict.fromkeys(k[0] for k in res.cams))
-    classes = list(dict.fromkeys(k[1] for k in res.cams))
-    names = res.metadata["class_names"]
+    layers, classes, names = res.layers, res.classes, res.class_names
     h, w = image2d.shape
     s = cell / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
@@ -163,9 +161,7 @@ def write_result(
     With ``mask_values`` the labels TIFF holds each class's mask value instead of its index.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = list(dict.fromkeys(k[0] for k in res.cams))
-    classes = list(dict.fromkeys(k[1] for k in res.cams))
-    names = res.metadata["class_names"]
+    layers, classes, names = res.layers, res.classes, res.class_names
     yx = stack_axes + "YX"
     finals = []
     with atomic_outputs() as target:
@@ -178,7 +174,7 @@ def write_result(
         tifffile.imwrite(target(p), labels, metadata={**meta, "class_names": names})
         finals.append(p)
         if res.cams:
-            cams = np.stack([np.stack([res.cams[ly, c] for c in classes]) for ly in layers]).astype(np.float32)
+            cams = res.stacked().astype(np.float32, copy=False)
             p = out_dir / f"{stem}_maps.tif"
             tifffile.imwrite(
                 target(p),
