@@ -68,15 +68,21 @@ def _labels_mask(layer, image, shape) -> np.ndarray:
     return np.broadcast_to(mask, shape)
 
 
+def _onto_image(region, image, shape):
+    """The trailing dims both layers share, and a map of region data coords onto image data coords."""
+    k = min(len(shape), region.ndim)  # a 2-D region over a stack applies to every slice
+    matrix, offset = _region_to_image(image, region)
+    matrix, offset = matrix[-k:, -k:], offset[-k:]
+    return k, lambda points: np.asarray(points, float)[:, -k:] @ matrix.T + offset
+
+
 def _shapes_mask(layer, image, shape) -> np.ndarray:
     from napari.layers import Shapes
 
     if len(layer.data) == 0:
         raise UnetGradcamError(f"The Shapes layer '{layer.name}' is empty: draw a region first.")
-    k = min(len(shape), layer.ndim)
-    matrix, offset = _region_to_image(image, layer)
-    matrix, offset = matrix[-k:, -k:], offset[-k:]
-    moved = [np.asarray(v, float)[:, -k:] @ matrix.T + offset for v in layer.data]
+    k, to_image = _onto_image(layer, image, shape)
+    moved = [to_image(v) for v in layer.data]
     # A throwaway layer (never added to a viewer) rasterises every shape type the way napari draws it.
     mask = Shapes(moved, shape_type=list(layer.shape_type)).to_masks(mask_shape=shape[-k:]).any(0)
     return np.broadcast_to(mask, shape)
@@ -85,10 +91,8 @@ def _shapes_mask(layer, image, shape) -> np.ndarray:
 def _points_mask(layer, image, shape) -> np.ndarray:
     if len(layer.data) == 0:
         raise UnetGradcamError(f"The Points layer '{layer.name}' has no point: click one onto the image first.")
-    k = min(len(shape), layer.ndim)
-    matrix, offset = _region_to_image(image, layer)
-    matrix, offset = matrix[-k:, -k:], offset[-k:]
-    pix = np.rint(np.asarray(layer.data, float)[:, -k:] @ matrix.T + offset).astype(int)
+    k, to_image = _onto_image(layer, image, shape)
+    pix = np.rint(to_image(layer.data)).astype(int)
     inside = np.all((pix >= 0) & (pix < np.asarray(shape[-k:])), axis=1)
     mask = np.zeros(shape[-k:], bool)
     mask[tuple(pix[inside].T)] = True
