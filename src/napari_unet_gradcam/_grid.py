@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._layers import MARK, mark, quick_removal, remove_layers, source_id
+from ._layers import MARK, layer_batch, mark, remove_layers, source_id
 
 
 @dataclass
@@ -160,7 +160,7 @@ class GridView:
 
     def _hide_others(self) -> None:
         """Hide every other layer, with one scene-graph update for all of them."""
-        with quick_removal(self.viewer):
+        with layer_batch(self.viewer):
             for ly in self.viewer.layers:
                 if ly is self.layer:
                     continue
@@ -214,7 +214,7 @@ class GridView:
         if layer is not None:
             remove_layers(self.viewer, [layer])
         if restore:
-            with quick_removal(self.viewer):
+            with layer_batch(self.viewer):
                 for ly, vis in self.hidden.values():
                     if ly in self.viewer.layers and ly.visible != vis:
                         ly.visible = vis

@@ -207,8 +207,8 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
 
 
 @contextmanager
-def quick_removal(viewer):
-    """Remove layers with one scene-graph update and a collection of young objects only.
+def layer_batch(viewer):
+    """Remove or hide layers with one scene-graph update and a collection of young objects only.
 
     napari's canvas calls ``gc.collect()`` after each removal (a Windows OpenGL workaround); in
     napari's large object graph a full collection takes 0.2-1 s. Batching makes it one call, and
@@ -231,7 +231,7 @@ def remove_layers(viewer, layers: Iterable) -> None:
     doomed = [ly for ly in layers if ly in viewer.layers]
     if not doomed:
         return
-    with quick_removal(viewer):
+    with layer_batch(viewer):
         for ly in doomed:
             viewer.layers.remove(ly)
 
