@@ -177,7 +177,7 @@ class GradCamWidget(Container):
         self.scale = FloatSpinBox(label="scale", min=0.05, max=4.0, step=0.05, value=1.0)
         self.channels = ComboBox(label="RGB channels", choices=list(CHANNELS), value="as is")
         self.current_slice = CheckBox(text="current slice only", value=False)
-        self.level = SpinBox(label="pyramid level", min=0, max=0, value=0, visible=False)
+        self.level = ComboBox(label="pyramid level", choices=self._level_choices, visible=False)
         self._level_for = None
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="one layer per map")
         self.instances = CheckBox(text="also split nuclei into instances", value=False)
@@ -275,6 +275,23 @@ class GradCamWidget(Container):
     def _image_choices(self, _=None):
         return [(ly.name, ly) for ly in image_layers(self.viewer)]
 
+    def _level_choices(self, _=None):
+        """Each pyramid level with its shape and the memory its results would take."""
+        src = self._source
+        if not getattr(src, "multiscale", False):
+            return [("0", 0)]
+        # Labels, probabilities and the four decoder layers' maps for every class, in float32.
+        # (Depends on the source and the model only: napari resets the choices often, and a label
+        # that changed would reset the user's pick.)
+        n_classes = len(getattr(self._model, "class_names", None) or [1, 2])
+        per_pixel = 4 * (1 + n_classes + len(DECODER_LAYERS) * n_classes)
+        out = []
+        for i in range(len(src.data)):
+            shape = image_shape(src, i)
+            gib = int(np.prod(shape)) * per_pixel / 2**30
+            out.append((f"{i}: {' x '.join(map(str, shape))} (results ~{gib:.2g} GiB)", i))
+        return out
+
     def _class_choices(self, _=None):
         names = list(getattr(self._model, "class_names", None) or [])
         return [(f"{i}: {n}", i) for i, n in enumerate(names)]
@@ -320,7 +337,7 @@ class GradCamWidget(Container):
         pyramid = bool(getattr(src, "multiscale", False))
         if pyramid and self._level_for is not src:
             self._level_for = src
-            self.level.max = len(src.data) - 1
+            self.level.reset_choices()
             self.level.value = default_level(src)
         self.level.visible = pyramid
 
@@ -362,6 +379,8 @@ class GradCamWidget(Container):
         self.model_info.tooltip = self.model_info.value
         self.classes.reset_choices()
         self.classes.value = [c[1] for c in self._class_choices()]
+        self._level_for = None  # the levels' memory estimates depend on the model's classes
+        self._update_channel_choice()
 
     # -- running ---------------------------------------------------------------------------------
     def _params(self) -> dict:
