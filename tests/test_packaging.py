@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_docs import IN_TREE, README, link_targets
+
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "src" / "napari_unet_gradcam" / "napari.yaml"
 GUI = ("napari", "magicgui", "qtpy")
@@ -80,6 +82,9 @@ def test_sdist_carries_the_manifest_and_all_of_tests(dists):
     tests = {n for n in members if n.startswith("tests/")}
     here = {f"tests/{p.name}" for p in Path(__file__).parent.glob("*.py")}
     assert here <= tests, here - tests  # conftest.py and __init__.py too: the tests run from the sdist
+    linked = {m.group(1).rstrip("/") for u in link_targets(README) if (m := IN_TREE.match(u))}
+    in_sdist = set(members) | {n.rstrip("/") for n in members}
+    assert linked <= in_sdist, linked - in_sdist  # tests/test_docs.py checks them from the sdist too
 
 
 @pytest.mark.slow
