@@ -6,8 +6,8 @@
 Each session makes its own virtual environment under .nox/, installs torch from ``TORCH_SPEC``
 (default: the CPU wheel ``torch==2.13.0``; an unpinned torch pulls gigabytes of CUDA builds),
 then the package with its testing extra, and runs pytest under Xvfb. "oldest" pins every other
-``name>=version`` of ``[project].dependencies`` to ``name==version``; to try the torch bound too,
-pass e.g. ``TORCH_SPEC="torch==2.3.0 --index-url https://download.pytorch.org/whl/cpu"``.
+``name>=version`` of ``[project].dependencies`` and of the ``napari`` extra to ``name==version``;
+to try the torch bound too, pass e.g. ``TORCH_SPEC="torch==2.3.0 --index-url https://download.pytorch.org/whl/cpu"``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ nox.options.sessions = ["oldest", "newest"]
 
 def lower_bound_pins() -> list[str]:
     """``name==version`` for each ``name>=version`` dependency except torch (TORCH_SPEC decides it)."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["napari"]
     pins = []
     for dep in deps:
         m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][0-9.]*)", dep)

@@ -19,6 +19,7 @@ def test_npe2_validate_with_imports():
 def test_manifest_contents():
     mf = PluginManifest.from_file(Path(napari_unet_gradcam.__file__).with_name("napari.yaml"))
     assert mf.name == "napari-unet-gradcam" and mf.display_name == "UNet Grad-CAM"
+    assert [c.value for c in mf.categories] == ["Segmentation", "Visualization"]  # the hub's filters
     assert [w.display_name for w in mf.contributions.widgets] == ["UNet Grad-CAM"]
     assert {s.key for s in mf.contributions.sample_data} == {"nuclei-2d", "nuclei-3d"}
     menus = mf.contributions.menus

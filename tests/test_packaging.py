@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from .test_docs import IN_TREE, README, link_targets
+
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "src" / "napari_unet_gradcam" / "napari.yaml"
+GUI = ("napari", "magicgui", "qtpy")
 SKIP = shutil.ignore_patterns(".git", ".venv", ".nox", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
 
 
@@ -58,6 +61,14 @@ def test_wheel_carries_the_manifest_as_a_regular_file(dists):
         metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     required = [ln for ln in metadata.splitlines() if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
     assert any("scipy" in ln for ln in required) and not any("opencv" in ln for ln in required), required
+    # The core and the CLI install without the GUI stack; the [napari] extra brings it.
+    assert any("tqdm" in ln for ln in required) and not any(gui in ln for ln in required for gui in GUI), required
+    napari_extra = [ln for ln in metadata.splitlines() if 'extra == "napari"' in ln]
+    assert all(any(ln.startswith(f"Requires-Dist: {gui}>=") for ln in napari_extra) for gui in GUI), napari_extra
+    assert "Version: 0.1.0\n" in metadata  # no git in the copy: setuptools-scm's fallback_version
+    urls = dict(ln.removeprefix("Project-URL: ").split(", ", 1) for ln in metadata.splitlines() if "Project-URL" in ln)
+    assert {"Source", "Bug Tracker", "Documentation", "User Support"} <= set(urls), urls
+    assert all(u.startswith("https://") for u in urls.values()), urls
 
 
 @pytest.mark.slow
@@ -71,6 +82,9 @@ def test_sdist_carries_the_manifest_and_all_of_tests(dists):
     tests = {n for n in members if n.startswith("tests/")}
     here = {f"tests/{p.name}" for p in Path(__file__).parent.glob("*.py")}
     assert here <= tests, here - tests  # conftest.py and __init__.py too: the tests run from the sdist
+    linked = {m.group(1).rstrip("/") for u in link_targets(README) if (m := IN_TREE.match(u))}
+    in_sdist = set(members) | {n.rstrip("/") for n in members}
+    assert linked <= in_sdist, linked - in_sdist  # tests/test_docs.py checks them from the sdist too
 
 
 @pytest.mark.slow
@@ -93,3 +107,24 @@ def test_npe2_validates_the_installed_wheel(dists, tmp_path):
     manifest = site / "napari_unet_gradcam" / "napari.yaml"
     r = subprocess.run([str(npe2), "validate", str(manifest), "--imports"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "valid" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_version_comes_from_the_git_tag(tmp_path):
+    """A checkout tagged v1.2.3 builds version 1.2.3 (setuptools-scm), with no version written in a file."""
+    if not (ROOT / "pyproject.toml").exists() or shutil.which("git") is None:
+        pytest.skip("needs a source tree and git")
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=SKIP)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"], ["tag", "v1.2.3"]):
+        subprocess.run([*git, *args], cwd=src, check=True, capture_output=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "out"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    assert wheel.name.startswith("napari_unet_gradcam-1.2.3-"), wheel.name

@@ -7,9 +7,10 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from tqdm import tqdm
 
 from . import __version__
 from .errors import InputError, UnetGradcamError
@@ -19,19 +20,23 @@ from .model import DECODER_LAYERS
 
 
 class _Bar:
-    """A one-line progress bar on stderr (only when stderr is a terminal or forced)."""
+    """tqdm on stderr for one image's steps, only when stderr is a terminal or ``--progress`` forces it.
+
+    The pipeline reports ``(done, total)``; the bar starts at the first report, when the total is known.
+    """
 
     def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled, self.t0 = label, enabled, time.perf_counter()
+        self.label, self.enabled, self.bar = label, enabled, None
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        n = int(30 * done / max(total, 1))
-        sys.stderr.write(f"\r{self.label} [{'#' * n:<30}] {done}/{total} {time.perf_counter() - self.t0:5.1f}s")
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
         if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            self.bar.close()
 
 
 def _fail(msg: str) -> None:
