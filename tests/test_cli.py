@@ -283,3 +283,13 @@ def torch_save_upstream(net, path, mask_values):
     import torch
 
     torch.save(dict(net.state_dict(), mask_values=mask_values), path)
+
+
+def test_repeat_channels_is_a_cli_option_as_the_hint_says(files, tmp_path):
+    save_checkpoint(tiny_unet(n_channels=3, width=4), tmp_path / "three.pth")
+    args = ("explain", files / "flat.tif", "--model", tmp_path / "three.pth", "--layers", "up4")
+    r = cli(*args, "--out", tmp_path / "a")
+    assert r.returncode == 1 and "--repeat-channels" in r.stderr
+    r = cli(*args, "--out", tmp_path / "b", "--repeat-channels")
+    assert r.returncode == 0, r.stderr
+    assert tifffile.imread(tmp_path / "b" / "flat_labels.tif").shape == (96, 120)

@@ -133,6 +133,7 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> in
             layout = layout_from_axes(axes, image.shape)
             if getattr(args, "channel_axis", None) is not None:
                 layout = {"channel_axis": args.channel_axis, "rgb": False}
+            layout["repeat_channels"] = bool(getattr(args, "repeat_channels", False))
             res = explain(
                 image,
                 net,
@@ -273,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("images", nargs="+", help="image files")
     e.add_argument("--out", default="gradcam-output", help="output folder (default: gradcam-output)")
     e.add_argument("--channel-axis", type=int, default=None, help="axis holding channels, for multichannel images")
+    e.add_argument(
+        "--repeat-channels",
+        action="store_true",
+        help="feed a one-channel image to every input channel of a multichannel model",
+    )
     _add_run_options(e)
     t = sub.add_parser("train", help="train a model: the bundled one (default) or on your images and masks")
     t.add_argument("out", help="checkpoint to write (.pth)")

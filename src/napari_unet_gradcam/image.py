@@ -81,7 +81,11 @@ def to_channels_first(
         if c == 1 and repeat_channels:
             arr = np.repeat(arr, n_channels, axis=-3)
         else:
-            hint = " Pass repeat_channels=True to feed a grayscale image to every input channel." if c == 1 else ""
+            hint = (
+                " Pass repeat_channels=True (CLI: --repeat-channels) to feed a grayscale image to every input channel."
+                if c == 1
+                else ""
+            )
             raise InputError(
                 f"The image has {c} channel(s) but the model expects {n_channels}; "
                 f"choose an image with {n_channels} channel(s) or a model trained for {c}.{hint}"
