@@ -38,9 +38,9 @@ from scipy import ndimage, stats
 from torch import nn
 
 from .engine import model_lock
-from .errors import Cancelled, InputError
+from .errors import InputError
 from .image import prepare
-from .pipeline import ExplainResult, explain
+from .pipeline import ExplainResult, explain, progress_steps
 
 ProgressCallback = Callable[[int, int], None]
 #: Fractions of the pixels removed (deletion) or put back (insertion), 0 and 1 included.
@@ -173,12 +173,6 @@ def _none_to_nan(v):
     if isinstance(v, list):
         return [_none_to_nan(x) for x in v]
     return v
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    return bool(cancel.is_set()) if hasattr(cancel, "is_set") else bool(cancel())
 
 
 def _check_steps(steps: Sequence[float]) -> list[float]:
@@ -452,18 +446,8 @@ def check_maps(
     inner = len(fr) - 2
     bs = max(1, min(inner, batch_size or _default_batch(device, int(getattr(net, "width", 64)), size)))
     n_orders = len({_order_key(result.cams[k]) for k in keys})
-    total, done = 1 + 2 * (n_orders + 1) * -(-inner // bs) + cost.explain_runs, 0
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        if _is_cancelled(cancel):
-            raise Cancelled("The map check was cancelled; no results were kept.")
-
-    if _is_cancelled(cancel):
-        raise Cancelled("The map check was cancelled before it started.")
+    total = 1 + 2 * (n_orders + 1) * -(-inner // bs) + cost.explain_runs
+    step = progress_steps(total, progress, cancel, "map check")
     scorer = _Scorer(net, regions, device)
     run = _Curves(x, _baseline_image(x, baseline, blur_sigma), scorer, fr, bs, step)
     rand_del, rand_ins = run.curves(np.random.default_rng(seed).permutation(x.shape[-1] * x.shape[-2]))

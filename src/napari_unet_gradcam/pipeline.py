@@ -93,6 +93,23 @@ def _is_cancelled(cancel) -> bool:
     return bool(cancel())
 
 
+def progress_steps(total: int, progress: ProgressCallback | None, cancel, what: str = "run") -> Callable[..., None]:
+    """``step(count=1)``: report ``(done, total)`` and raise Cancelled when asked; checked once now too."""
+    if _is_cancelled(cancel):
+        raise Cancelled(f"The {what} was cancelled before it started.")
+    done = 0
+
+    def step(count: int = 1) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+        if _is_cancelled(cancel):
+            raise Cancelled(f"The {what} was cancelled; no results were kept.")
+
+    return step
+
+
 def _class_indices(net: nn.Module, classes) -> list[int]:
     names = list(getattr(net, "class_names", None) or [])
     n = n_outputs(net)
@@ -166,18 +183,7 @@ def _run(
     job = Job(net, modules, classes, method, target, threshold)
     # Whole slices report every forward pass and every class, so a single 2-D image moves too.
     total = plan.steps if plan.tile is not None else -(-n // plan.batch) * steps_per_pass(job)
-    done = 0
-
-    def step(count: int = 1) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, total)
-        if _is_cancelled(cancel):
-            raise Cancelled("The run was cancelled; no results were kept.")
-
-    if _is_cancelled(cancel):
-        raise Cancelled("The run was cancelled before it started.")
+    step = progress_steps(total, progress, cancel)
     check_result_size(n, (h, w), prep.spatial_shape, n_outputs(net) + len(modules) * len(classes))
     logits = np.empty((n, int(net.n_classes), h, w), np.float32)
     maps = {(ly, c): np.empty((n, h, w), np.float32) for ly in modules for c in classes}
