@@ -32,11 +32,12 @@ from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps
 from .run_plan import check_result_size, plan_run
-from .tiling import explain_tiled, n_passes, round_halo
+from .tiling import ArraySink, explain_tiled, n_passes, round_halo
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_HALO = 64
 DEFAULT_THRESHOLD = 0.5  # upstream predict.py's --mask-threshold
+MIN_WORK_BYTES = 64 << 20  # the network's working memory under a tight memory_budget: small tiles
 
 
 @dataclass
@@ -171,6 +172,8 @@ def _run(
     threshold: float,
     progress: ProgressCallback | None,
     cancel,
+    probabilities: bool = False,
+    memory_budget: int | None = None,
 ) -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray], int | None]:
     """Logits (N, K, h, w) and maps (N, h, w) on the model's (unpadded) grid, and the tile used."""
     device = next(net.parameters()).device
@@ -179,12 +182,14 @@ def _run(
     n, _, h, w = prep.batch.shape
     width = int(getattr(net, "width", 64))
     passes = n_passes(method, explaining)
-    plan = plan_run(n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size)
+    n_maps = len(modules) * len(classes) if explaining else 0
+    need = check_result_size(n, (h, w), prep.spatial_shape, int(net.n_classes), n_maps, probabilities, memory_budget)
+    work = None if memory_budget is None else max(memory_budget - need, MIN_WORK_BYTES)
+    plan = plan_run(n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size, work)
     job = Job(net, modules, classes, method, target, threshold)
     # Whole slices report every forward pass and every class, so a single 2-D image moves too.
     total = plan.steps if plan.tile is not None else -(-n // plan.batch) * steps_per_pass(job)
     step = progress_steps(total, progress, cancel)
-    check_result_size(n, (h, w), prep.spatial_shape, n_outputs(net) + len(modules) * len(classes))
     logits = np.empty((n, int(net.n_classes), h, w), np.float32)
     maps = {(ly, c): np.empty((n, h, w), np.float32) for ly in modules for c in classes}
     with model_lock(net), eval_mode(net):
@@ -199,7 +204,10 @@ def _run(
             if plan.tile is None:
                 explain_whole(batch_job, x, logits[s:e], part, on_step=step)
             else:
-                explain_tiled(batch_job, x, plan.tile, halo, step, logits[s:e], part)
+                sink = ArraySink(logits[s:e], part, threshold)
+                explain_tiled(
+                    batch_job, lambda b, x=x: x[..., b[0] : b[1], b[2] : b[3]], (h, w), plan.tile, halo, step, sink
+                )
             _check_finite(prep, logits[s:e], part)
     return logits, maps, plan.tile
 
@@ -304,6 +312,7 @@ def predict(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
+    memory_budget: int | None = None,
 ) -> np.ndarray:
     """Class-index labels (int32) with the image's stack and spatial shape.
 
@@ -316,7 +325,19 @@ def predict(
     t = _threshold(net, threshold)
     prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
     logits, _, _ = _run(
-        net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, t, progress, cancel
+        net,
+        prep,
+        (),
+        (),
+        get_method("gradcam"),
+        "predicted",
+        tile_size,
+        halo,
+        batch_size,
+        t,
+        progress,
+        cancel,
+        memory_budget=args.memory_budget(memory_budget),
     )
     return _finish(prep, logits, {}, t, with_probabilities=False)[0]
 
@@ -341,6 +362,7 @@ def explain(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
+    memory_budget: int | None = None,
 ) -> ExplainResult:
     """Segment ``image`` and explain every (layer, class) pair from one forward pass per batch.
 
@@ -361,9 +383,12 @@ def explain(
     resolve_modules(net, layers)
     args.explained_modules(net, layers)
     t = _threshold(net, threshold)
+    budget = args.memory_budget(memory_budget)
     prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
     tgt = _target_mask(target, prep, prep.batch.shape[-2:])
-    logits, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel)
+    logits, raw, tile = _run(
+        net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel, True, budget
+    )
     labels, probabilities, cams = _finish(prep, logits, raw, t, with_probabilities=True)
     del logits, raw
     ranges = normalize_maps(cams, normalize)
