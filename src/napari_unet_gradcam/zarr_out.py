@@ -31,13 +31,14 @@ STACK_AXES = {0: [], 1: ["z"], 2: ["t", "z"]}
 
 
 def require_zarr():
-    """zarr and ome_zarr.writer, or one clear error naming the extra that installs them."""
+    """zarr and ome_zarr.writer (dask too), or one clear error naming the extra that installs them."""
     try:
+        import dask.array  # noqa: F401  (pyramids and the lazy view)
         import zarr
         from ome_zarr import writer
     except ImportError:
         raise InputError(
-            "Writing results with out= needs zarr and ome-zarr: pip install napari-unet-gradcam[zarr]"
+            "Writing results with out= needs zarr, ome-zarr and dask: pip install napari-unet-gradcam[zarr]"
         ) from None
     return zarr, writer
 
