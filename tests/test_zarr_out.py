@@ -6,8 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_unet_gradcam import Cancelled, InputError, explain, predict
-from napari_unet_gradcam import zarr_out
+from napari_unet_gradcam import Cancelled, InputError, explain, predict, zarr_out
 from napari_unet_gradcam.synthetic import nuclei_2d
 
 from .conftest import tiny_unet
