@@ -162,7 +162,10 @@ class ResultStore:
             labels["classes"], _datasets(n, len(stack)), axes=[*stack, "y", "x"], name="classes"
         )
         writer.write_label_metadata(
-            labels, "classes", properties=[{"label-value": i, "class": nm} for i, nm in enumerate(self.names)]
+            labels,
+            "classes",
+            properties=[{"label-value": i, "class": nm} for i, nm in enumerate(self.names)],
+            source={"image": "../../"},  # the maps they segment
         )
         if self.probs is not None:
             group = self.root["probabilities"]
