@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 CHILD = r"""
-import json, os, resource, sys, tempfile, time
+import json, os, resource, shutil, sys, tempfile, time
 import numpy as np
 import zarr
 from napari_unet_gradcam import explain, load_model, predict
@@ -42,6 +42,7 @@ else:
 sec = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+shutil.rmtree(tmp)
 print(json.dumps({"size": size, "seconds": sec, "peak": peak, "before": before, "tile": tile, "maps": maps,
                   "disk": disk}))
 """
