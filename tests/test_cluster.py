@@ -1,0 +1,156 @@
+"""dask.distributed: the model loads on each worker from its file and sha256, never through dask."""
+
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet_gradcam import CheckpointError, UNet, explain, load_model, save_checkpoint
+from napari_unet_gradcam.cluster import (
+    ModelSpec,
+    StopFlag,
+    as_completed_with_stop,
+    cluster_client,
+    preloaded,
+    stop_check,
+    worker_model,
+)
+from napari_unet_gradcam.synthetic import nuclei_2d
+
+from .conftest import tiny_unet
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cluster") / "tiny.pth"
+    return save_checkpoint(tiny_unet(width=4), path, preprocess={"mode": "percentile"})
+
+
+@pytest.fixture(scope="module")
+def client():
+    with cluster_client(workers=1, processes=False) as c:
+        yield c
+
+
+def _explain_on_worker(spec, image):
+    res = explain(image, worker_model(spec), layers=("up3", "up4"), normalize="none")
+    return res.labels, res.stacked()
+
+
+def test_tasks_carry_the_spec_never_the_model(client, checkpoint, monkeypatch):
+    pickled = []
+
+    def refuse(self, protocol):
+        pickled.append(type(self).__name__)
+        raise TypeError("a UNet was pickled")
+
+    monkeypatch.setattr(UNet, "__reduce_ex__", refuse)
+    with pytest.raises(Exception, match="Could not serialize"):  # the detector works: dask pickles what it ships
+        client.submit(len, [tiny_unet()]).result()
+    assert pickled
+    pickled.clear()
+    spec = ModelSpec.of(checkpoint, "cpu")
+    assert len(pickle.dumps(spec)) < 1000
+    image = nuclei_2d(3, (96, 80))
+    with preloaded(client, spec):
+        labels, maps = client.submit(_explain_on_worker, spec, image, pure=False).result()
+    assert not pickled
+    local = explain(image, load_model(checkpoint, device="cpu"), layers=("up3", "up4"), normalize="none")
+    np.testing.assert_array_equal(labels, local.labels)
+    np.testing.assert_allclose(maps, local.stacked(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_different_checkpoint_on_a_worker_is_one_clear_error(client, checkpoint):
+    wrong = ModelSpec(str(checkpoint), "0" * 64, "cpu")
+    with (
+        pytest.raises(CheckpointError, match=r"has sha256 .* this worker sees a different file"),
+        preloaded(client, wrong),
+    ):
+        pass
+    missing = ModelSpec(str(checkpoint.parent / "absent.pth"), "0" * 64, "cpu")
+    with pytest.raises(CheckpointError, match=r"On worker .*absent.pth.*Every worker must be able to read"):
+        client.submit(worker_model, missing, pure=False).result()
+
+
+def test_a_model_not_loaded_from_a_file_is_refused():
+    with pytest.raises(Exception, match="not loaded from a checkpoint file"):
+        ModelSpec.of_model(tiny_unet())
+
+
+def _wait_for_stop(name):
+    stopped = stop_check(name, every=0.01)
+    while not stopped():
+        time.sleep(0.01)
+    return "stopped"
+
+
+def test_stopping_early_stops_running_and_queued_tasks(client):
+    stop = StopFlag(client)
+    futures = {client.submit(sum, [1, 2], priority=10): "quick"}  # first: the cluster has one thread
+    futures.update({client.submit(_wait_for_stop, stop.name, pure=False): i for i in range(3)})
+    for item, fut in as_completed_with_stop(client, futures, stop):
+        assert item == "quick" and fut.result() == 3
+        break  # as Ctrl-C would: the other tasks loop until the flag is set
+    # Stopped by the flag, within the grace time: finished, not cancelled after it ran out.
+    assert {f.status for f in futures} == {"finished"}
+    assert [f.result() for f in futures if futures[f] != "quick"] == ["stopped"] * 3
+
+
+BLOCK_DISTRIBUTED = """
+import importlib.abc, sys
+class _No(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "distributed":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+sys.meta_path.insert(0, _No())
+import napari_unet_gradcam.cluster
+from napari_unet_gradcam.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_distributed_the_cli_says_how_to_install_it(tmp_path, checkpoint):
+    tifffile.imwrite(tmp_path / "a.tif", nuclei_2d(1, (64, 64)))
+    r = subprocess.run(
+        [sys.executable, "-c", BLOCK_DISTRIBUTED, "explain", str(tmp_path / "a.tif"), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "pip install napari-unet-gradcam[cluster]" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "gradcam-output" / "a_labels.tif").exists()
+
+
+@pytest.mark.slow
+def test_cli_on_a_local_cluster_writes_what_the_cli_writes(tmp_path, checkpoint):
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"im{i}.tif", nuclei_2d(i, (96, 112)))
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    names = ["im0.tif", "im1.tif", "bad.tif"]
+    base = ["explain", *names, "--model", str(checkpoint), "--device", "cpu", "--layers", "up4"]
+
+    def cli(*args):
+        cmd = [sys.executable, "-m", "napari_unet_gradcam.cli", *base, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    alone, cluster = cli("--out", "alone"), cli("--out", "cluster", "--workers", "1")
+    assert alone.returncode == cluster.returncode == 1, cluster.stderr
+    assert "Done: 2 of 3 image(s) explained" in cluster.stdout
+    errors = cluster.stderr.strip().splitlines()
+    assert len(errors) == 1 and "bad.tif: not a readable TIFF" in errors[0] and "Traceback" not in cluster.stderr
+    for stem in ("im0", "im1"):
+        for suffix in ("labels", "maps"):
+            a = tifffile.imread(tmp_path / "alone" / f"{stem}_{suffix}.tif")
+            b = tifffile.imread(tmp_path / "cluster" / f"{stem}_{suffix}.tif")
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "cluster").iterdir()) == sorted(
+        p.name for p in (tmp_path / "alone").iterdir()
+    )
