@@ -58,3 +58,27 @@ def test_results_that_cannot_fit_are_refused_before_allocating(pair, monkeypatch
         explain(img, net)
     monkeypatch.setattr(run_plan, "system_available_bytes", lambda: 1 << 40)
     assert explain(img, net, layers=("up4",)).labels.shape == img.shape
+
+
+def test_result_size_counts_each_array_once():
+    from napari_unet_gradcam.run_plan import result_bytes
+
+    # Scale 1, 3 classes, 12 maps: logits 3 + maps 12 on the model grid (the same arrays at full
+    # size), then labels 1 + probabilities 3: 19 float32 per pixel, not 124 bytes.
+    assert result_bytes(1, (100, 100), (100, 100), 3, 12, True) == 19 * 4 * 100 * 100
+    # Scale 0.5: the maps are upsampled into new full-size arrays.
+    assert result_bytes(1, (50, 50), (100, 100), 3, 12, True) == 15 * 4 * 2500 + 16 * 4 * 10000
+    assert result_bytes(2, (100, 100), (100, 100), 1, 0, False) == 2 * 4 * 10000 * 2
+
+
+def test_refusal_names_the_maps_it_counted(pair, monkeypatch):
+    from napari_unet_gradcam import InputError, run_plan
+
+    net, img = pair
+    monkeypatch.setattr(run_plan, "system_available_bytes", lambda: 1 << 40)
+    with pytest.raises(
+        InputError,
+        match=r"\(12 map\(s\), labels and probabilities for 1 slice\(s\) of 200x260\), but "
+        r"the memory budget is 0\.0 GiB",
+    ):
+        explain(img, net, memory_budget=100_000)

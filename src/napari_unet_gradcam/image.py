@@ -37,10 +37,106 @@ class Prepared:
     def n_slices(self) -> int:
         return self.batch.shape[0]
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(h, w) on the model's grid: the spatial shape resized by ``scale``."""
+        return tuple(self.batch.shape[-2:])
+
+    def read(self, start: int, stop: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Slices ``start:stop`` (B, C, y, x) over ``box`` (y0, y1, x0, x1; None: all), preprocessed."""
+        part = self.batch[start:stop]
+        return part if box is None else part[..., box[0] : box[1], box[2] : box[3]]
+
+    def span(self) -> tuple[float, float]:
+        """The preprocessed values' range (for a message)."""
+        return float(self.batch.min()), float(self.batch.max())
+
 
 def _note(notes: list[str], text: str) -> None:
     notes.append(text)
     warnings.warn(text, UserWarning, stacklevel=4)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an image's channels, stack and (Y, X) axes are, decided from its shape and dtype alone."""
+
+    shape: tuple[int, ...]  # the source's shape
+    channel_axis: int | None  # the source axis holding the channels (>= 0), or None for one channel
+    keep: int  # channels read from that axis (3 when an alpha channel is dropped)
+    repeat: int  # copies of a single channel fed to the network (repeat_channels)
+
+    @property
+    def stack_shape(self) -> tuple[int, ...]:
+        rest = [n for i, n in enumerate(self.shape) if i != self.channel_axis]
+        return tuple(rest[:-2])
+
+    @property
+    def spatial_shape(self) -> tuple[int, int]:
+        rest = [n for i, n in enumerate(self.shape) if i != self.channel_axis]
+        return rest[-2], rest[-1]
+
+    def index(self, stack_index: tuple[int, ...], ys: slice, xs: slice) -> tuple:
+        """The source index of one slice's region: stack axes fixed, channels cut to ``keep``."""
+        parts = iter([*stack_index, ys, xs])
+        return tuple(slice(0, self.keep) if i == self.channel_axis else next(parts) for i in range(len(self.shape)))
+
+    def channels_first(self, region: np.ndarray) -> np.ndarray:
+        """A region read with :meth:`index` (stack axes gone) as (C, y, x), channels repeated if asked."""
+        if self.channel_axis is None:
+            region = region[None]
+        else:
+            yx = [i for i in range(len(self.shape)) if i != self.channel_axis][-2:]
+            region = np.moveaxis(region, sum(1 for i in yx if i < self.channel_axis), 0)
+        return np.repeat(region, self.repeat, axis=0) if self.repeat > 1 else region
+
+
+def layout(
+    shape: tuple[int, ...],
+    dtype,
+    n_channels: int,
+    channel_axis: int | None = None,
+    rgb: bool | None = None,
+    repeat_channels: bool = False,
+    notes: list[str] | None = None,
+) -> Layout:
+    """Check an image's axes and dtype against the model without reading a pixel."""
+    notes = notes if notes is not None else []
+    shape, ndim, dtype = tuple(int(n) for n in shape), len(shape), np.dtype(dtype)
+    if dtype.kind not in _SUPPORTED_KINDS:
+        raise InputError(f"Images of dtype {dtype} are not supported: convert to bool, an integer or a float type.")
+    if ndim < 2:
+        raise InputError(f"An image needs at least two axes (Y, X); got shape {shape}.")
+    axis, keep = None, 1
+    if channel_axis is not None:
+        if not -ndim <= channel_axis < ndim or ndim < 3:
+            raise InputError(f"channel_axis={channel_axis} is not an axis of an image of shape {shape}.")
+        axis = channel_axis % ndim
+        # The channel axis goes before the last two remaining axes, which are (Y, X).
+    else:
+        if rgb is None:
+            rgb = ndim >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4
+        if rgb:
+            if ndim < 3 or shape[-1] not in (3, 4):
+                raise InputError(f"An RGB image needs a last axis of 3 or 4; got shape {shape}.")
+            if shape[-1] == 4:
+                _note(notes, "The image's alpha channel was dropped; the model sees RGB only.")
+            axis = ndim - 1
+    if 0 in shape:
+        raise InputError(f"The image is empty (shape {shape}).")
+    if axis is not None:
+        keep = 3 if channel_axis is None and shape[axis] == 4 else shape[axis]
+    if keep != n_channels and not (keep == 1 and repeat_channels):
+        hint = (
+            " Pass repeat_channels=True (CLI: --repeat-channels) to feed a grayscale image to every input channel."
+            if keep == 1
+            else ""
+        )
+        raise InputError(
+            f"The image has {keep} channel(s) but the model expects {n_channels}; "
+            f"choose an image with {n_channels} channel(s) or a model trained for {keep}.{hint}"
+        )
+    return Layout(shape, axis, keep, n_channels if keep == 1 and keep != n_channels else 1)
 
 
 def to_channels_first(
@@ -54,42 +150,13 @@ def to_channels_first(
     """Return a float32 copy shaped (..., C, Y, X) with C == ``n_channels``."""
     notes = notes if notes is not None else []
     arr = np.asarray(image)
-    if arr.dtype.kind not in _SUPPORTED_KINDS:
-        raise InputError(f"Images of dtype {arr.dtype} are not supported: convert to bool, an integer or a float type.")
-    if arr.ndim < 2:
-        raise InputError(f"An image needs at least two axes (Y, X); got shape {arr.shape}.")
-    if channel_axis is not None:
-        if not -arr.ndim <= channel_axis < arr.ndim or arr.ndim < 3:
-            raise InputError(f"channel_axis={channel_axis} is not an axis of an image of shape {arr.shape}.")
-        arr = np.moveaxis(arr, channel_axis, -3)
+    lay = layout(arr.shape, arr.dtype, n_channels, channel_axis, rgb, repeat_channels, notes)
+    if lay.channel_axis is None:
+        arr = arr[..., None, :, :]
     else:
-        if rgb is None:
-            rgb = arr.ndim >= 3 and arr.shape[-1] in (3, 4) and min(arr.shape[-3:-1]) > 4
-        if rgb:
-            if arr.ndim < 3 or arr.shape[-1] not in (3, 4):
-                raise InputError(f"An RGB image needs a last axis of 3 or 4; got shape {arr.shape}.")
-            if arr.shape[-1] == 4:
-                _note(notes, "The image's alpha channel was dropped; the model sees RGB only.")
-                arr = arr[..., :3]
-            arr = np.moveaxis(arr, -1, -3)
-        else:
-            arr = arr[..., None, :, :]
-    if 0 in arr.shape:
-        raise InputError(f"The image is empty (shape {np.shape(image)}).")
-    c = arr.shape[-3]
-    if c != n_channels:
-        if c == 1 and repeat_channels:
-            arr = np.repeat(arr, n_channels, axis=-3)
-        else:
-            hint = (
-                " Pass repeat_channels=True (CLI: --repeat-channels) to feed a grayscale image to every input channel."
-                if c == 1
-                else ""
-            )
-            raise InputError(
-                f"The image has {c} channel(s) but the model expects {n_channels}; "
-                f"choose an image with {n_channels} channel(s) or a model trained for {c}.{hint}"
-            )
+        arr = np.moveaxis(arr, lay.channel_axis, -3)[..., : lay.keep, :, :]
+    if lay.repeat > 1:
+        arr = np.repeat(arr, lay.repeat, axis=-3)
     with np.errstate(over="ignore"):  # values beyond float32 become inf, reported just below
         out = arr.astype(np.float32)  # always a copy: the caller's array is never written to
     if not np.isfinite(out).all():
@@ -101,16 +168,33 @@ def to_channels_first(
     return out
 
 
-def _percentiles(channel: np.ndarray) -> tuple[float, float]:
+def _percentiles(channel: np.ndarray, q: tuple[float, float]) -> tuple[float, float]:
     flat = channel.reshape(-1)
     if flat.size > _PERCENTILE_SAMPLE:
         flat = flat[:: math.ceil(flat.size / _PERCENTILE_SAMPLE)]
-    lo, hi = np.percentile(flat, PERCENTILES)
+    lo, hi = np.percentile(flat, q)
     return float(lo), float(hi)
 
 
+def _fixed(rule: dict, key: str, n: int) -> list[float]:
+    value = rule[key]
+    values = [value] * n if np.ndim(value) == 0 else list(value)
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        raise InputError(f"preprocess {key!r} must be one finite number or one per channel ({n}); got {value!r}.")
+    return values
+
+
 def resolve_preprocess(preprocess: str | dict, model_preprocess: dict | None, arr: np.ndarray) -> dict:
-    """The concrete rule for this image: ``{"mode": ...}`` plus its parameters."""
+    """The concrete rule for this image: ``{"mode": ...}`` plus its parameters.
+
+    ``arr`` is the (..., C, Y, X) image, or an even sample of a lazy one. A percentile rule gets
+    each channel's values ``lo`` and ``hi``; given in the rule, they are used as they are, so
+    blocks of one image, or many images, normalise alike.
+    """
     if isinstance(preprocess, dict):
         rule = dict(preprocess)
     elif preprocess not in PREPROCESS_MODES:
@@ -123,24 +207,29 @@ def resolve_preprocess(preprocess: str | dict, model_preprocess: dict | None, ar
     if rule.get("mode") not in PREPROCESS_MODES[1:]:
         raise InputError(f"Unknown preprocess rule {rule!r}.")
     if rule["mode"] == "percentile":
-        rule.setdefault("low", PERCENTILES[0])
-        rule.setdefault("high", PERCENTILES[1])
+        n = arr.shape[-3]
+        if ("lo" in rule) != ("hi" in rule):
+            raise InputError("A percentile rule with fixed values needs both 'lo' and 'hi'.")
+        if "lo" in rule:
+            rule["lo"], rule["hi"] = _fixed(rule, "lo", n), _fixed(rule, "hi", n)
+        else:
+            rule.setdefault("low", PERCENTILES[0])
+            rule.setdefault("high", PERCENTILES[1])
+            q = (float(rule["low"]), float(rule["high"]))
+            values = [_percentiles(arr[..., c, :, :], q) for c in range(n)]
+            rule["lo"], rule["hi"] = [v[0] for v in values], [v[1] for v in values]
     return rule
 
 
 def apply_preprocess(arr: np.ndarray, rule: dict) -> np.ndarray:
-    """Normalise in place (``arr`` is already our own copy), per channel over the whole stack."""
+    """Normalise (..., C, y, x) in place (``arr`` is already our own copy) by a resolved rule."""
     mode = rule["mode"]
     if mode == "divide255":
         arr /= 255.0
     elif mode == "percentile":
         for c in range(arr.shape[-3]):
             ch = arr[..., c, :, :]
-            lo, hi = (
-                _percentiles(ch)
-                if (rule["low"], rule["high"]) == PERCENTILES
-                else (tuple(float(v) for v in np.percentile(ch, [rule["low"], rule["high"]])))
-            )
+            lo, hi = rule["lo"][c], rule["hi"][c]
             if hi > lo:
                 # Scale first: with values near float32's limits, ch - lo could overflow to inf.
                 s = 1.0 / (hi - lo)

@@ -11,15 +11,20 @@ from .errors import InputError
 MODES = ("per-map", "shared", "none")
 
 
+def scales(ranges: dict, mode: str) -> dict:
+    """Each map's (low, high) that becomes [0, 1]: its own range, or with ``shared`` the run's."""
+    if mode == "shared" and ranges:
+        lo = min(r[0] for r in ranges.values())
+        hi = max(r[1] for r in ranges.values())
+        return {k: (lo, hi) for k in ranges}
+    return dict(ranges)
+
+
 def normalize_maps(cams: dict, mode: str) -> dict:
     """Rescale ``cams`` in place; return each map's (low, high) raw range that became [0, 1]."""
     if mode not in MODES:
         raise InputError(f"Unknown normalize {mode!r}: choose one of {', '.join(MODES)}.")
-    ranges = {k: (float(v.min()), float(v.max())) if v.size else (0.0, 0.0) for k, v in cams.items()}
-    if mode == "shared" and ranges:
-        lo = min(r[0] for r in ranges.values())
-        hi = max(r[1] for r in ranges.values())
-        ranges = {k: (lo, hi) for k in ranges}
+    ranges = scales({k: (float(v.min()), float(v.max())) if v.size else (0.0, 0.0) for k, v in cams.items()}, mode)
     if mode != "none":
         for k, v in cams.items():
             lo, hi = ranges[k]

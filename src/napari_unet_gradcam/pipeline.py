@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,18 +27,26 @@ from .engine import (
     steps_per_pass,
 )
 from .errors import Cancelled, InputError
-from .image import Prepared, network_size, pad_to, prepare, shrink_mask, upsample
+from .image import Prepared, layout, network_size, pad_to, prepare, scaled_size, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
-from .normalize import normalize_maps
+from .normalize import normalize_maps, scales
 from .run_plan import check_result_size, plan_run
-from .tiling import explain_tiled, n_passes, round_halo
+from .source import LazyImage, is_lazy
+from .tiling import ArraySink, explain_tiled, n_passes, round_halo
+
+if TYPE_CHECKING:
+    from .zarr_out import ResultStore
+
+Source = Prepared | LazyImage
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_HALO = 64
 DEFAULT_THRESHOLD = 0.5  # upstream predict.py's --mask-threshold
+MIN_WORK_BYTES = 1 << 20  # what a tight memory_budget leaves the network at least: the smallest tiles
+STORE_CHUNK = 1024  # out='s chunk side when whole slices fit (tiled runs use the tile)
 
 
 @dataclass
@@ -160,7 +170,7 @@ def _pad_mask(mask: np.ndarray, hp: int, wp: int) -> np.ndarray:
 
 def _run(
     net: nn.Module,
-    prep: Prepared,
+    src: Source,
     layers: Sequence[str],
     classes: Sequence[int],
     method: Method,
@@ -171,45 +181,108 @@ def _run(
     threshold: float,
     progress: ProgressCallback | None,
     cancel,
-) -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray], int | None]:
-    """Logits (N, K, h, w) and maps (N, h, w) on the model's (unpadded) grid, and the tile used."""
+    where: _Output,
+) -> tuple[np.ndarray | None, dict[tuple[str, int], np.ndarray], int | None]:
+    """Logits (N, K, h, w) and maps (N, h, w) on the model's (unpadded) grid, and the tile used.
+
+    With ``where.store``, the results go there instead, tile by tile, and logits and maps are not kept.
+    """
+    work_budget, store = where.work_budget, where.store
     device = next(net.parameters()).device
     modules = resolve_modules(net, layers)
     explaining = bool(modules) and bool(classes)
-    n, _, h, w = prep.batch.shape
+    n, (h, w) = src.n_slices, src.size
     width = int(getattr(net, "width", 64))
     passes = n_passes(method, explaining)
-    plan = plan_run(n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size)
+    plan = plan_run(
+        n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size, work_budget
+    )
     job = Job(net, modules, classes, method, target, threshold)
     # Whole slices report every forward pass and every class, so a single 2-D image moves too.
     total = plan.steps if plan.tile is not None else -(-n // plan.batch) * steps_per_pass(job)
     step = progress_steps(total, progress, cancel)
-    check_result_size(n, (h, w), prep.spatial_shape, n_outputs(net) + len(modules) * len(classes))
-    logits = np.empty((n, int(net.n_classes), h, w), np.float32)
-    maps = {(ly, c): np.empty((n, h, w), np.float32) for ly in modules for c in classes}
-    with model_lock(net), eval_mode(net):
-        for s in range(0, n, plan.batch):
-            e = s + plan.batch
-            x = torch.from_numpy(pad_to(prep.batch[s:e], plan.fed)).to(device)
-            tgt = target
-            if isinstance(target, np.ndarray):
-                tgt = torch.from_numpy(_pad_mask(target[s:e], *plan.fed)).to(device)
-            batch_job = replace(job, target=tgt)
-            part = {k: v[s:e] for k, v in maps.items()}
-            if plan.tile is None:
-                explain_whole(batch_job, x, logits[s:e], part, on_step=step)
-            else:
-                explain_tiled(batch_job, x, plan.tile, halo, step, logits[s:e], part)
-            _check_finite(prep, logits[s:e], part)
+    keys = [(ly, c) for ly in modules for c in classes]
+    logits = maps = None
+    if store is None:
+        logits = np.empty((n, int(net.n_classes), h, w), np.float32)
+        maps = {k: np.empty((n, h, w), np.float32) for k in keys}
+
+        def sinks(s: int, e: int) -> ArraySink:
+            return ArraySink(logits[s:e], {k: v[s:e] for k, v in maps.items()}, threshold)
+    else:
+        store.create(plan.tile or STORE_CHUNK)
+        sinks = store.sink
+    try:
+        with model_lock(net), eval_mode(net):
+            for s in range(0, n, plan.batch):
+                e = min(n, s + plan.batch)
+                _batch(job, src, s, e, plan, sinks(s, e), step, device)
+    except BaseException:
+        if store is not None:
+            store.discard()  # a partial store is no result, and its path was new
+        raise
     return logits, maps, plan.tile
 
 
-def _check_finite(prep: Prepared, probs: np.ndarray, maps: dict) -> None:
-    if np.isfinite(probs).all() and all(np.isfinite(m).all() for m in maps.values()):
+def _batch(job: Job, src: Source, s: int, e: int, plan, sink, step, device: torch.device) -> None:
+    """Slices ``s:e`` of ``src`` through one pass (whole slices) or a tiled run, into ``sink``."""
+    if isinstance(job.target, np.ndarray):
+        job = replace(job, target=torch.from_numpy(_pad_mask(job.target[s:e], *plan.fed)).to(device))
+    h, w = src.size
+    if plan.tile is not None:
+
+        def read(box):
+            return torch.from_numpy(np.ascontiguousarray(src.read(s, e, box))).to(device)
+
+        explain_tiled(job, read, (h, w), plan.tile, plan.halo, step, _Checked(sink, src))
         return
-    lo, hi = float(prep.batch.min()), float(prep.batch.max())
+    if isinstance(sink, ArraySink):
+        logits, maps = sink.logits_out, sink.maps_out
+    else:
+        logits = np.empty((e - s, int(job.net.n_classes), h, w), np.float32)
+        maps = {(ly, c): np.empty((e - s, h, w), np.float32) for ly in job.modules for c in job.classes}
+    x = torch.from_numpy(pad_to(src.read(s, e), plan.fed)).to(device)
+    explain_whole(job, x, logits, maps, on_step=step)
+    _check_finite(src, logits, maps)
+    if not isinstance(sink, ArraySink):
+        sink.put_logits((0, h, 0, w), torch.from_numpy(logits))
+        sink.put_maps((0, h, 0, w), maps)
+
+
+class _Checked:
+    """A sink that refuses non-finite results (an image far outside the model's range) as they arrive."""
+
+    def __init__(self, sink, src: Source) -> None:
+        self.sink, self.src = sink, src
+
+    def put_logits(self, core, logits: torch.Tensor) -> None:
+        _check_finite(self.src, logits.cpu().numpy(), {})
+        self.sink.put_logits(core, logits)
+
+    def labels(self, ext) -> torch.Tensor:
+        return self.sink.labels(ext)
+
+    def put_maps(self, core, maps) -> None:
+        _check_finite(self.src, np.zeros(1, np.float32), maps)
+        self.sink.put_maps(core, maps)
+
+
+def lazy_normalized(raw, scale: tuple[float, float], mode: str):
+    """A map over a store, normalised as it is read: ``(raw - low) / (high - low)``; flat maps are zeros."""
+    lo, hi = scale
+    if mode == "none":
+        return raw
+    if hi > lo:
+        return (raw - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return raw * np.float32(0.0)
+
+
+def _check_finite(src: Source, logits: np.ndarray, maps: dict) -> None:
+    if np.isfinite(logits).all() and all(np.isfinite(m).all() for m in maps.values()):
+        return
+    lo, hi = src.span()
     raise InputError(
-        f"The network produced non-finite values: after preprocessing ({prep.preprocess['mode']}) the "
+        f"The network produced non-finite values: after preprocessing ({src.preprocess['mode']}) the "
         f"image spans {lo:.3g} to {hi:.3g}, far outside what the model expects. "
         "Use preprocess='percentile' or rescale the image."
     )
@@ -274,19 +347,90 @@ def _threshold(net: nn.Module, threshold: float | None) -> float:
     return t
 
 
-def _prepare(image, net, preprocess, channel_axis, rgb, repeat_channels, scale) -> Prepared:
+def _source(
+    image,
+    net: nn.Module,
+    preprocess,
+    channel_axis: int | None,
+    rgb: bool | None,
+    repeat_channels: bool,
+    scale: float,
+    before_reading: Callable[[tuple[int, ...], tuple[int, int], tuple[int, int]], None],
+) -> Source:
+    """The image as the run reads it: a lazy one region by region, a NumPy one prepared whole.
+
+    ``before_reading(stack_shape, size, full)`` (the memory or disk check) runs before a pixel is read.
+    """
     if not isinstance(net, nn.Module) or not hasattr(net, "n_channels"):
         raise InputError("net must be a Pytorch-UNet model, e.g. from load_model().")
+    lazy = is_lazy(image)
+    arr = image if lazy else np.asarray(image)
+    n_channels, model_preprocess = int(net.n_channels), getattr(net, "preprocess", None)
+    with warnings.catch_warnings():  # the notes come again from the reading below
+        warnings.simplefilter("ignore")
+        lay = layout(arr.shape, arr.dtype, n_channels, channel_axis, rgb, repeat_channels)
+    full = lay.spatial_shape
+    size = scaled_size(full, scale)
+    before_reading(lay.stack_shape, size, full)
+    if lazy and size == full:
+        notes: list[str] = []
+        src = LazyImage(arr, layout(arr.shape, arr.dtype, n_channels, channel_axis, rgb, repeat_channels, notes), notes)
+        src.resolve(preprocess, model_preprocess)
+        return src
+    # scale != 1 resizes whole slices (as upstream does): a lazy image is read whole, so it must fit.
     return prepare(
-        image,
-        int(net.n_channels),
+        np.asarray(arr),
+        n_channels,
         preprocess=preprocess,
-        model_preprocess=getattr(net, "preprocess", None),
+        model_preprocess=model_preprocess,
         channel_axis=channel_axis,
         rgb=rgb,
         repeat_channels=repeat_channels,
         scale=scale,
     )
+
+
+@dataclass
+class _Output:
+    """Where a run's results go, decided (and checked) before any pixel is read."""
+
+    work_budget: int | None = None  # the network's working memory, when memory_budget= was given
+    store: ResultStore | None = None
+
+
+def _output(
+    net: nn.Module,
+    n_maps: int,
+    probabilities: bool,
+    memory_budget: int | None,
+    out,
+    keys: Sequence[tuple[str, int]],
+    threshold: float,
+) -> tuple[_Output, Callable]:
+    """The check to run before reading (results in RAM, or on disk with ``out``) and what it decides."""
+    plan = _Output()
+    k = int(net.n_classes)
+
+    def check(stack_shape: tuple[int, ...], size: tuple[int, int], full: tuple[int, int]) -> None:
+        n = int(np.prod(stack_shape, dtype=np.int64))
+        if out is None:
+            need = check_result_size(n, size, full, k, n_maps, probabilities, memory_budget)
+            if memory_budget is not None:
+                plan.work_budget = max(memory_budget - need, MIN_WORK_BYTES)
+            return
+        from .zarr_out import ResultStore, check_out, disk_bytes, require_zarr
+
+        require_zarr()
+        if size != full:
+            raise InputError(
+                "out= writes results at the image's own size: leave scale at 1 and pass a coarser pyramid "
+                "level (or a downsampled image) to run coarser."
+            )
+        path = check_out(out, disk_bytes(n, full, n_maps, k, probabilities))
+        plan.work_budget = memory_budget
+        plan.store = ResultStore(path, stack_shape, full, keys, _class_names(net), k, probabilities, threshold)
+
+    return plan, check
 
 
 def predict(
@@ -304,21 +448,33 @@ def predict(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
+    memory_budget: int | None = None,
+    out: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Class-index labels (int32) with the image's stack and spatial shape.
 
     As upstream's predict.py: the image is resized by ``scale`` (PIL bicubic, ``int(scale * size)``),
     the logits are upsampled (bilinear) to the full size, then labelled by argmax, or for a
     one-channel model by sigmoid > ``threshold`` (default 0.5).
+
+    ``image`` may be lazy (dask, zarr, a napari multiscale level, a memory map): it is read tile by
+    tile. ``memory_budget`` (bytes) replaces the free RAM as the limit; with ``out`` (a new
+    ``.ome.zarr`` path, the ``[zarr]`` extra) the labels are written there and returned as a dask
+    array over the store. See docs/large-data.md.
     """
     net = args.model(net)
     tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     t = _threshold(net, threshold)
-    prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
-    logits, _, _ = _run(
-        net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, t, progress, cancel
+    where, check = _output(net, 0, False, args.memory_budget(memory_budget), out, [], t)
+    src = _source(
+        args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale, check
     )
-    return _finish(prep, logits, {}, t, with_probabilities=False)[0]
+    gradcam = get_method("gradcam")
+    logits, _, _ = _run(net, src, (), (), gradcam, "predicted", tile_size, halo, batch_size, t, progress, cancel, where)
+    if where.store is not None:
+        where.store.finish({"model": model_identity(net), "version": __version__, "preprocess": src.preprocess})
+        return where.store.lazy()[0]
+    return _finish(src, logits, {}, t, with_probabilities=False)[0]
 
 
 def explain(
@@ -341,6 +497,9 @@ def explain(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
+    memory_budget: int | None = None,
+    out: str | os.PathLike | None = None,
+    probabilities: bool = False,
 ) -> ExplainResult:
     """Segment ``image`` and explain every (layer, class) pair from one forward pass per batch.
 
@@ -349,6 +508,11 @@ def explain(
     with the image's shape, or a ``(y, x)`` pixel. ``normalize`` is ``"per-map"`` (min-max per
     map), ``"shared"`` (one scale for every map of the run) or ``"none"`` (raw values).
     ``scale`` and ``threshold`` are upstream predict.py's (see :func:`predict`).
+
+    Lazy images, ``memory_budget`` and ``out`` as in :func:`predict`. With ``out``, the maps are
+    stored raw (their ranges in the store's attributes), the probabilities only when
+    ``probabilities=True``, and the result holds dask arrays over the store, the maps
+    normalised lazily as ``normalize`` says. See docs/large-data.md.
     """
     t0 = time.perf_counter()
     net = args.model(net)
@@ -361,13 +525,26 @@ def explain(
     resolve_modules(net, layers)
     args.explained_modules(net, layers)
     t = _threshold(net, threshold)
-    prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
-    tgt = _target_mask(target, prep, prep.batch.shape[-2:])
-    logits, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel)
-    labels, probabilities, cams = _finish(prep, logits, raw, t, with_probabilities=True)
-    del logits, raw
-    ranges = normalize_maps(cams, normalize)
-    names = list(getattr(net, "class_names", [])) or [str(i) for i in range(n_outputs(net))]
+    keys = [(ly, c) for ly in layers for c in class_idx]
+    where, check = _output(
+        net, len(keys), out is None or probabilities, args.memory_budget(memory_budget), out, keys, t
+    )
+    src = _source(
+        args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale, check
+    )
+    tgt = _target_mask(target, src, src.size)
+    logits, raw, tile = _run(
+        net, src, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel, where
+    )
+    if where.store is None:
+        labels, probs, cams = _finish(src, logits, raw, t, with_probabilities=True)
+        del logits, raw
+        ranges = normalize_maps(cams, normalize)
+    else:
+        labels, probs, raw = where.store.lazy()
+        ranges = scales(where.store.map_ranges(), normalize)
+        cams = {k: lazy_normalized(v, ranges[k], normalize) for k, v in raw.items()}
+    names = _class_names(net)
     metadata = {
         "method": m.name,
         "method_title": m.title,
@@ -375,7 +552,7 @@ def explain(
         "layers": list(layers),
         "classes": [{"index": c, "name": names[c]} for c in class_idx],
         "class_names": names,
-        "preprocess": prep.preprocess,
+        "preprocess": src.preprocess,
         "normalize": normalize,
         "ranges": {f"{ly}/{c}": r for (ly, c), r in ranges.items()},
         "scale": scale,
@@ -384,10 +561,17 @@ def explain(
         "halo": halo if tile else None,
         "model": model_identity(net),
         "version": __version__,
-        "notes": list(prep.notes),
+        "notes": list(src.notes),
+        "out": None if where.store is None else str(where.store.path),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return ExplainResult(labels, probabilities, cams, metadata)
+    if where.store is not None:
+        where.store.finish(metadata)
+    return ExplainResult(labels, probs, cams, metadata)
+
+
+def _class_names(net: nn.Module) -> list[str]:
+    return list(getattr(net, "class_names", [])) or [str(i) for i in range(n_outputs(net))]
 
 
 def model_identity(net: nn.Module) -> dict:

@@ -46,6 +46,11 @@ def batch_size(value) -> int | None:
     return None if value is None else _whole("batch_size", value, 1)
 
 
+def memory_budget(value) -> int | None:
+    """Bytes the run may use in RAM (results and working memory), instead of the machine's free RAM."""
+    return None if value is None else _whole("memory_budget", value, 1)
+
+
 def channel_axis(value) -> int | None:
     if value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
         return None if value is None else int(value)

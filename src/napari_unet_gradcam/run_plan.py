@@ -82,10 +82,15 @@ def plan_run(
     tile_size: int | None,
     halo: int,
     batch_size: int | None,
+    budget: int | None = None,
 ) -> RunPlan:
-    """``n`` slices of ``size`` (fed at ``fed``); ``tile_passes`` passes a tiled slice needs."""
+    """``n`` slices of ``size`` (fed at ``fed``); ``tile_passes`` passes a tiled slice needs.
+
+    ``budget``: bytes the network's working memory may take on a CPU, instead of a share of the
+    free RAM (a GPU's own free memory still bounds a run there).
+    """
     h, w = size
-    budget = available_bytes(device)
+    budget = available_bytes(device) if budget is None or device.type != "cpu" else int(budget)
     if tile_size is None:
         tile = auto_tile(*fed, width, explaining, budget, halo)
     else:
@@ -103,14 +108,43 @@ def plan_run(
     return RunPlan(fed, tile, halo, 1, tile_passes, steps, budget)
 
 
-def check_result_size(n: int, size: tuple[int, int], full: tuple[int, int], n_arrays: int) -> None:
-    """Refuse, before allocating, a run whose results alone (model grid and full size) would not fit."""
+def result_bytes(
+    n: int, size: tuple[int, int], full: tuple[int, int], n_classes: int, n_maps: int, probabilities: bool
+) -> int:
+    """Bytes of every result array alive at once: model-grid logits and maps, full-size labels and
+    probabilities, and full-size maps only where they differ from the model grid (scale != 1)."""
     (h, w), (H, W) = size, full
-    need = 4 * n * (h * w + H * W) * n_arrays + 4 * n * H * W
-    free = system_available_bytes()
-    if need > 0.8 * free:
-        raise InputError(
-            f"The results would need {need / 2**30:.1f} GiB ({n_arrays - 1 if n_arrays > 1 else 0} maps and "
-            f"probabilities for {n} slice(s) of {H}x{W}), but only {free / 2**30:.1f} GiB is free. Explain fewer "
-            "layers or classes, a crop or fewer slices, or pass scale < 1."
+    model_grid = 4 * n * h * w * (n_classes + n_maps)
+    full_size = 4 * n * H * W * (1 + (max(n_classes, 2) if probabilities else 0) + (n_maps if (h, w) != (H, W) else 0))
+    return model_grid + full_size
+
+
+def check_result_size(
+    n: int,
+    size: tuple[int, int],
+    full: tuple[int, int],
+    n_classes: int,
+    n_maps: int,
+    probabilities: bool,
+    budget: int | None = None,
+) -> int:
+    """Refuse, before reading or allocating, a run whose results alone would not fit; return their bytes.
+
+    ``budget`` (bytes) replaces 80% of the machine's free RAM as the limit.
+    """
+    need = result_bytes(n, size, full, n_classes, n_maps, probabilities)
+    limit = int(0.8 * system_available_bytes()) if budget is None else int(budget)
+    if need > limit:
+        H, W = full
+        what = f"{n_maps} map(s), labels and probabilities" if probabilities else "labels"
+        room = (
+            f"the memory budget is {limit / 2**30:.1f} GiB"
+            if budget is not None
+            else (f"only {limit / 0.8 / 2**30:.1f} GiB is free")
         )
+        raise InputError(
+            f"The results would need {need / 2**30:.1f} GiB ({what} for {n} slice(s) of {H}x{W}), but {room}. "
+            "Write them to disk with out='results.ome.zarr', explain fewer layers or classes, a crop or fewer "
+            "slices, or pass scale < 1."
+        )
+    return need
