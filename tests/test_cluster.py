@@ -154,3 +154,50 @@ def test_cli_on_a_local_cluster_writes_what_the_cli_writes(tmp_path, checkpoint)
     assert sorted(p.name for p in (tmp_path / "cluster").iterdir()) == sorted(
         p.name for p in (tmp_path / "alone").iterdir()
     )
+
+
+# Grad-CAM++ needs pass 1's global sums in pass 2; HiResCAM's maps come from pass 2 itself.
+@pytest.mark.parametrize("method", ["gradcampp", "hirescam"])
+def test_one_image_as_block_passes_on_a_cluster_equals_one_process(client, checkpoint, tmp_path, method):
+    zarr = pytest.importorskip("zarr")
+    from napari_unet_gradcam.cluster_graph import explain_on_cluster
+
+    image = zarr.open_array(tmp_path / "image.zarr", mode="w", shape=(96, 80), chunks=(48, 48), dtype=np.uint16)
+    image[:] = (nuclei_2d(5, (96, 80)) * 1000).astype(np.uint16)
+    spec = ModelSpec.of(checkpoint, "cpu")
+    with preloaded(client, spec):
+        res = explain_on_cluster(
+            client, image, spec, tmp_path / "out.ome.zarr", method=method, tile_size=48, halo=16, normalize="none"
+        )
+    one = explain(image, load_model(checkpoint, device="cpu"), method=method, tile_size=48, halo=16, normalize="none")
+    np.testing.assert_array_equal(np.asarray(res.labels), one.labels)
+    assert list(res.cams) == list(one.cams)
+    for key, m in res.cams.items():
+        a, b = np.asarray(m).ravel(), one.cams[key].ravel()
+        if b.std() > 0:  # a map can be flat (zero) for a class no pixel is predicted as
+            assert np.corrcoef(a, b)[0, 1] >= 0.9999, key
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(b.max())))
+    assert res.metadata["tile_size"] == 48 and res.metadata["out"].endswith("out.ome.zarr")
+
+
+class _FailingBelowTheTop:
+    """An image whose reads fail away from its top edge, as a file system gone mid-run would."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+
+    def __getitem__(self, index):
+        if index[0].start:  # the strided sample of the whole image starts at None: it succeeds
+            raise OSError("disk gone")
+        return self.array[index]
+
+
+def test_a_failing_block_stops_the_run_and_removes_the_store(client, checkpoint, tmp_path):
+    pytest.importorskip("zarr")
+    from napari_unet_gradcam.cluster_graph import explain_on_cluster
+
+    spec = ModelSpec.of(checkpoint, "cpu")
+    image = _FailingBelowTheTop(nuclei_2d(5, (96, 80)))
+    with preloaded(client, spec), pytest.raises(OSError, match="disk gone"):
+        explain_on_cluster(client, image, spec, tmp_path / "out.ome.zarr", tile_size=48, halo=16)
+    assert not (tmp_path / "out.ome.zarr").exists()
