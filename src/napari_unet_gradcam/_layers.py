@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .pipeline import ExplainResult
+from .source import is_lazy
 
 MARK = "unet_gradcam"
 LABEL_COLORS = ["transparent", "#00e5ff", "#ff3df5", "#ffd400", "#7cff4f", "#ff7a1a", "#9b7bff", "#ff4d4d"]
@@ -46,6 +47,10 @@ class Snapshot:
         from ._regions import level_placement
 
         data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
+        if is_lazy(data) and not hasattr(data, "dask"):
+            import dask.array as da
+
+            data = da.from_array(data, chunks=getattr(data, "chunks", "auto"))  # slicing stays lazy
         scale, translate = level_placement(layer, level)
         if slice_index:
             data = data[slice_index]
@@ -55,7 +60,7 @@ class Snapshot:
                 tuple(t + s * i for t, s, i in zip(translate[:k], scale[:k], slice_index, strict=True))
                 + (translate[k:])
             )
-            data = np.asarray(data)[(np.newaxis,) * k]
+            data = (data if is_lazy(data) else np.asarray(data))[(np.newaxis,) * k]
         if isinstance(data, np.ndarray):
             data = data.copy()  # the run must not see edits made while it goes on
         return cls(

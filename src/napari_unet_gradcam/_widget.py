@@ -44,6 +44,7 @@ from .errors import UnetGradcamError
 from .methods import METHODS
 from .model import ALL_LAYERS, DECODER_LAYERS
 from .pipeline import explain
+from .source import is_lazy
 
 if TYPE_CHECKING:
     import napari
@@ -433,7 +434,8 @@ class GradCamWidget(Container):
         net = self._model
 
         def compute(progress, cancel):
-            data, rgb = np.asarray(snap.data), snap.rgb
+            # A lazy layer (dask, zarr, a pyramid level) is read tile by tile by the run, never whole here.
+            data, rgb = (snap.data if is_lazy(snap.data) else np.asarray(snap.data)), snap.rgb
             if params["channels"] is not None and rgb:
                 data = data[..., :3].mean(-1) if params["channels"] == "grey" else data[..., params["channels"]]
                 rgb = False

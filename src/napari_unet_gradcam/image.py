@@ -222,8 +222,13 @@ def resolve_preprocess(preprocess: str | dict, model_preprocess: dict | None, ar
 
 
 def apply_preprocess(arr: np.ndarray, rule: dict) -> np.ndarray:
-    """Normalise (..., C, y, x) in place (``arr`` is already our own copy) by a resolved rule."""
+    """Normalise (..., C, y, x) in place (``arr`` is already our own copy) by a rule.
+
+    A percentile rule without values takes them from ``arr`` itself (per channel, over all of it).
+    """
     mode = rule["mode"]
+    if mode == "percentile" and "lo" not in rule:
+        rule = resolve_preprocess(rule, None, arr)
     if mode == "divide255":
         arr /= 255.0
     elif mode == "percentile":
