@@ -131,19 +131,22 @@ def test_without_distributed_the_cli_says_how_to_install_it(tmp_path, checkpoint
 
 @pytest.mark.slow
 def test_cli_on_a_local_cluster_writes_what_the_cli_writes(tmp_path, checkpoint):
+    zarr = pytest.importorskip("zarr")
     for i in range(2):
         tifffile.imwrite(tmp_path / f"im{i}.tif", nuclei_2d(i, (96, 112)))
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
-    names = ["im0.tif", "im1.tif", "bad.tif"]
-    base = ["explain", *names, "--model", str(checkpoint), "--device", "cpu", "--layers", "up4"]
+    big = zarr.open_array(tmp_path / "big.zarr", mode="w", shape=(96, 80), chunks=(48, 48), dtype=np.float32)
+    big[:] = nuclei_2d(3, (96, 80))
+    base = ["explain", "im0.tif", "im1.tif", "bad.tif", "--model", str(checkpoint), "--device", "cpu"]
+    base += ["--layers", "up4", "--tile-size", "48"]
 
     def cli(*args):
         cmd = [sys.executable, "-m", "napari_unet_gradcam.cli", *base, *args]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
 
-    alone, cluster = cli("--out", "alone"), cli("--out", "cluster", "--workers", "1")
+    alone, cluster = cli("--out", "alone"), cli("big.zarr", "--out", "cluster", "--workers", "1")
     assert alone.returncode == cluster.returncode == 1, cluster.stderr
-    assert "Done: 2 of 3 image(s) explained" in cluster.stdout
+    assert "Done: 3 of 4 image(s) explained" in cluster.stdout
     errors = cluster.stderr.strip().splitlines()
     assert len(errors) == 1 and "bad.tif: not a readable TIFF" in errors[0] and "Traceback" not in cluster.stderr
     for stem in ("im0", "im1"):
@@ -151,9 +154,12 @@ def test_cli_on_a_local_cluster_writes_what_the_cli_writes(tmp_path, checkpoint)
             a = tifffile.imread(tmp_path / "alone" / f"{stem}_{suffix}.tif")
             b = tifffile.imread(tmp_path / "cluster" / f"{stem}_{suffix}.tif")
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert sorted(p.name for p in (tmp_path / "cluster").iterdir()) == sorted(
-        p.name for p in (tmp_path / "alone").iterdir()
-    )
+    written = sorted(p.name for p in (tmp_path / "cluster").iterdir())
+    assert written == sorted([p.name for p in (tmp_path / "alone").iterdir()] + ["big.ome.zarr"])
+    # The zarr input ran as block tasks into OME-Zarr: its labels are one process's.
+    one = explain(big[:], load_model(checkpoint, device="cpu"), layers=("up4",), tile_size=48)
+    labels = zarr.open_array(tmp_path / "cluster" / "big.ome.zarr" / "labels" / "classes" / "0", mode="r")
+    np.testing.assert_array_equal(labels[:], one.labels)
 
 
 # Grad-CAM++ needs pass 1's global sums in pass 2; HiResCAM's maps come from pass 2 itself.

@@ -26,7 +26,7 @@ from .cluster import (
     stop_check,
     worker_model,
 )
-from .errors import UnetGradcamError
+from .errors import InputError, UnetGradcamError
 
 # redirect_stdout swaps the process's sys.stdout; runs on one worker share its model's lock anyway,
 # so taking turns here costs little and keeps each file's lines apart.
@@ -64,10 +64,70 @@ def _task_failure(name: str, fut, debug: bool) -> str:
     return f"{name}: unexpected {type(exc).__name__} on its worker: {exc} (rerun with --debug for the traceback)"
 
 
+def open_zarr(path: str):
+    """The array at ``path``: a zarr array, or level 0 of an OME-Zarr image (a group holding "0")."""
+    from .zarr_out import require_zarr
+
+    zarr, _ = require_zarr()
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for a folder that is not a store
+        raise InputError(f"{path}: not a readable zarr store ({type(exc).__name__}: {exc}).") from None
+    if isinstance(node, zarr.Group):
+        if "0" not in node:
+            raise InputError(f"{path}: a zarr group without an array '0'; pass the array's own path ({path}/<name>).")
+        node = node["0"]
+    return node
+
+
+def _zarr_stem(name: str) -> str:
+    base = Path(name).name
+    for suffix in (".ome.zarr", ".zarr"):
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def _explain_large(client, args: argparse.Namespace, spec: ModelSpec, name: str, bar_on: bool) -> None:
+    """One zarr image as block tasks over the whole cluster, into ``<out>/<stem>.ome.zarr``."""
+    from .cli import _Bar
+    from .cluster_graph import DEFAULT_TILE, explain_on_cluster
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    res = explain_on_cluster(
+        client,
+        open_zarr(name),
+        spec,
+        out / f"{_zarr_stem(name)}.ome.zarr",
+        layers=tuple(args.layers),
+        classes=args.classes,
+        method=args.method,
+        target=args.target,
+        normalize=args.normalize,
+        tile_size=args.tile_size or DEFAULT_TILE,
+        channel_axis=args.channel_axis,
+        repeat_channels=args.repeat_channels,
+        threshold=args.threshold,
+        probabilities=args.probabilities,
+        progress=_Bar(f"{Path(name).name} blocks", bar_on),
+    )
+    print(
+        f"{name}: {len(res.cams)} maps ({res.metadata['method_title']}) on the cluster, "
+        f"{res.metadata['seconds']:.1f} s -> {res.metadata['out']}"
+    )
+
+
 def explain_files_on_cluster(args: argparse.Namespace, images: list[tuple[str, object, str | None]]) -> int:
-    """Explain each (name, path, axes) on the cluster ``args`` names; print as files finish; return failures."""
+    """Explain each (name, path, axes) on the cluster ``args`` names; print as files finish; return failures.
+
+    A ``.zarr`` input is one large image: its blocks are spread over the cluster (``cluster_graph``),
+    after the other files, one zarr image at a time.
+    """
     from .cli import _fail
 
+    large = [name for name, _, _ in images if Path(name).suffix.lower() == ".zarr"]
+    images = [im for im in images if im[0] not in large]
     spec = ModelSpec.of(args.model, args.device)
     # Workers start elsewhere (another folder, another machine on a shared file system): absolute paths.
     shipped = argparse.Namespace(**{**vars(args), "progress": False, "out": str(Path(args.out).resolve())})
@@ -96,4 +156,15 @@ def explain_files_on_cluster(args: argparse.Namespace, images: list[tuple[str, o
                         sys.stdout.flush()
                         sys.stderr.write(errors)
                 bar.update()
+        for name in large:
+            try:
+                _explain_large(client, args, spec, name, show)
+            except UnetGradcamError as exc:
+                failed += 1
+                _fail(str(exc) if name in str(exc) else f"{name}: {exc}")
+            except Exception as exc:  # one input's surprise must not cost the rest of the batch
+                if args.debug:
+                    raise
+                failed += 1
+                _fail(f"{name}: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
     return failed
