@@ -137,14 +137,15 @@ def test_cli_on_a_local_cluster_writes_what_the_cli_writes(tmp_path, checkpoint)
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     big = zarr.open_array(tmp_path / "big.zarr", mode="w", shape=(96, 80), chunks=(48, 48), dtype=np.float32)
     big[:] = nuclei_2d(3, (96, 80))
-    base = ["explain", "im0.tif", "im1.tif", "bad.tif", "--model", str(checkpoint), "--device", "cpu"]
-    base += ["--layers", "up4", "--tile-size", "48"]
+    names = ["im0.tif", "im1.tif", "bad.tif"]
+    options = ["--model", str(checkpoint), "--device", "cpu", "--layers", "up4", "--tile-size", "48"]
 
-    def cli(*args):
-        cmd = [sys.executable, "-m", "napari_unet_gradcam.cli", *base, *args]
+    def cli(names, *args):
+        cmd = [sys.executable, "-m", "napari_unet_gradcam.cli", "explain", *names, *options, *args]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
 
-    alone, cluster = cli("--out", "alone"), cli("big.zarr", "--out", "cluster", "--workers", "1")
+    alone = cli(names, "--out", "alone")
+    cluster = cli([*names, "big.zarr"], "--out", "cluster", "--workers", "1")
     assert alone.returncode == cluster.returncode == 1, cluster.stderr
     assert "Done: 3 of 4 image(s) explained" in cluster.stdout
     errors = cluster.stderr.strip().splitlines()
