@@ -267,7 +267,11 @@ def _positive(text: str) -> int:
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("dask cluster (needs: pip install napari-unet-gradcam[cluster])")
+    group = p.add_argument_group(
+        "dask cluster (needs: pip install napari-unet-gradcam[cluster])",
+        "Each file is explained on a worker. A .zarr input is one large image: its blocks go to every worker "
+        "and its results to OUT/NAME.ome.zarr.",
+    )
     g = group.add_mutually_exclusive_group()
     g.add_argument(
         "--scheduler",
