@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from . import run_arguments as args
 from ._version import __version__
+from .destination import Destination, class_names, destination, lazy_normalized
 from .engine import (
     Job,
     eval_mode,
@@ -27,25 +27,21 @@ from .engine import (
     steps_per_pass,
 )
 from .errors import Cancelled, InputError
-from .image import Prepared, layout, network_size, pad_to, prepare, scaled_size, shrink_mask, upsample
+from .image import Prepared, network_size, pad_to, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
 from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps, scales
-from .run_plan import check_result_size, plan_run
-from .source import LazyImage, is_lazy
+from .run_plan import plan_run
+from .source import LazyImage, open_source
 from .tiling import ArraySink, explain_tiled, n_passes, round_halo
-
-if TYPE_CHECKING:
-    from .zarr_out import ResultStore
 
 Source = Prepared | LazyImage
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_HALO = 64
 DEFAULT_THRESHOLD = 0.5  # upstream predict.py's --mask-threshold
-MIN_WORK_BYTES = 1 << 20  # what a tight memory_budget leaves the network at least: the smallest tiles
 STORE_CHUNK = 1024  # out='s chunk side when whole slices fit (tiled runs use the tile)
 
 
@@ -181,7 +177,7 @@ def _run(
     threshold: float,
     progress: ProgressCallback | None,
     cancel,
-    where: _Output,
+    where: Destination,
 ) -> tuple[np.ndarray | None, dict[tuple[str, int], np.ndarray], int | None]:
     """Logits (N, K, h, w) and maps (N, h, w) on the model's (unpadded) grid, and the tile used.
 
@@ -267,16 +263,6 @@ class _Checked:
         self.sink.put_maps(core, maps)
 
 
-def lazy_normalized(raw, scale: tuple[float, float], mode: str):
-    """A map over a store, normalised as it is read: ``(raw - low) / (high - low)``; flat maps are zeros."""
-    lo, hi = scale
-    if mode == "none":
-        return raw
-    if hi > lo:
-        return (raw - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    return raw * np.float32(0.0)
-
-
 def _check_finite(src: Source, logits: np.ndarray, maps: dict) -> None:
     if np.isfinite(logits).all() and all(np.isfinite(m).all() for m in maps.values()):
         return
@@ -347,92 +333,6 @@ def _threshold(net: nn.Module, threshold: float | None) -> float:
     return t
 
 
-def _source(
-    image,
-    net: nn.Module,
-    preprocess,
-    channel_axis: int | None,
-    rgb: bool | None,
-    repeat_channels: bool,
-    scale: float,
-    before_reading: Callable[[tuple[int, ...], tuple[int, int], tuple[int, int]], None],
-) -> Source:
-    """The image as the run reads it: a lazy one region by region, a NumPy one prepared whole.
-
-    ``before_reading(stack_shape, size, full)`` (the memory or disk check) runs before a pixel is read.
-    """
-    if not isinstance(net, nn.Module) or not hasattr(net, "n_channels"):
-        raise InputError("net must be a Pytorch-UNet model, e.g. from load_model().")
-    lazy = is_lazy(image)
-    arr = image if lazy else np.asarray(image)
-    n_channels, model_preprocess = int(net.n_channels), getattr(net, "preprocess", None)
-    with warnings.catch_warnings():  # the notes come again from the reading below
-        warnings.simplefilter("ignore")
-        lay = layout(arr.shape, arr.dtype, n_channels, channel_axis, rgb, repeat_channels)
-    full = lay.spatial_shape
-    size = scaled_size(full, scale)
-    before_reading(lay.stack_shape, size, full)
-    if lazy and size == full:
-        notes: list[str] = []
-        src = LazyImage(arr, layout(arr.shape, arr.dtype, n_channels, channel_axis, rgb, repeat_channels, notes), notes)
-        src.resolve(preprocess, model_preprocess)
-        return src
-    # scale != 1 resizes whole slices (as upstream does): a lazy image is read whole, so it must fit.
-    return prepare(
-        np.asarray(arr),
-        n_channels,
-        preprocess=preprocess,
-        model_preprocess=model_preprocess,
-        channel_axis=channel_axis,
-        rgb=rgb,
-        repeat_channels=repeat_channels,
-        scale=scale,
-    )
-
-
-@dataclass
-class _Output:
-    """Where a run's results go, decided (and checked) before any pixel is read."""
-
-    work_budget: int | None = None  # the network's working memory, when memory_budget= was given
-    store: ResultStore | None = None
-
-
-def _output(
-    net: nn.Module,
-    n_maps: int,
-    probabilities: bool,
-    memory_budget: int | None,
-    out,
-    keys: Sequence[tuple[str, int]],
-    threshold: float,
-) -> tuple[_Output, Callable]:
-    """The check to run before reading (results in RAM, or on disk with ``out``) and what it decides."""
-    plan = _Output()
-    k = int(net.n_classes)
-
-    def check(stack_shape: tuple[int, ...], size: tuple[int, int], full: tuple[int, int]) -> None:
-        n = int(np.prod(stack_shape, dtype=np.int64))
-        if out is None:
-            need = check_result_size(n, size, full, k, n_maps, probabilities, memory_budget)
-            if memory_budget is not None:
-                plan.work_budget = max(memory_budget - need, MIN_WORK_BYTES)
-            return
-        from .zarr_out import ResultStore, check_out, disk_bytes, require_zarr
-
-        require_zarr()
-        if size != full:
-            raise InputError(
-                "out= writes results at the image's own size: leave scale at 1 and pass a coarser pyramid "
-                "level (or a downsampled image) to run coarser."
-            )
-        path = check_out(out, disk_bytes(n, full, n_maps, k, probabilities))
-        plan.work_budget = memory_budget
-        plan.store = ResultStore(path, stack_shape, full, keys, _class_names(net), k, probabilities, threshold)
-
-    return plan, check
-
-
 def predict(
     image,
     net: nn.Module,
@@ -465,8 +365,8 @@ def predict(
     net = args.model(net)
     tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     t = _threshold(net, threshold)
-    where, check = _output(net, 0, False, args.memory_budget(memory_budget), out, [], t)
-    src = _source(
+    where, check = destination(net, 0, False, args.memory_budget(memory_budget), out, [], t)
+    src = open_source(
         args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale, check
     )
     gradcam = get_method("gradcam")
@@ -526,10 +426,10 @@ def explain(
     args.explained_modules(net, layers)
     t = _threshold(net, threshold)
     keys = [(ly, c) for ly in layers for c in class_idx]
-    where, check = _output(
+    where, check = destination(
         net, len(keys), out is None or probabilities, args.memory_budget(memory_budget), out, keys, t
     )
-    src = _source(
+    src = open_source(
         args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale, check
     )
     tgt = _target_mask(target, src, src.size)
@@ -544,7 +444,7 @@ def explain(
         labels, probs, raw = where.store.lazy()
         ranges = scales(where.store.map_ranges(), normalize)
         cams = {k: lazy_normalized(v, ranges[k], normalize) for k, v in raw.items()}
-    names = _class_names(net)
+    names = class_names(net)
     metadata = {
         "method": m.name,
         "method_title": m.title,
@@ -568,10 +468,6 @@ def explain(
     if where.store is not None:
         where.store.finish(metadata)
     return ExplainResult(labels, probs, cams, metadata)
-
-
-def _class_names(net: nn.Module) -> list[str]:
-    return list(getattr(net, "class_names", [])) or [str(i) for i in range(n_outputs(net))]
 
 
 def model_identity(net: nn.Module) -> dict:

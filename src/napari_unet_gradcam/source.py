@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
+from torch import nn
 
-from .image import Layout, apply_preprocess, resolve_preprocess
+from .errors import InputError
+from .image import Layout, Prepared, apply_preprocess, layout, prepare, resolve_preprocess, scaled_size
 
 SAMPLE_VALUES = 1 << 22  # per channel; 4 M values put the 1st/99.8th percentiles within ~0.1% of the full ones
 SAMPLE_SLICES = 16  # slices of a stack the sample visits at most
@@ -89,3 +92,46 @@ class LazyImage:
 
     def span(self) -> tuple[float, float]:
         return self._span
+
+
+def open_source(
+    image,
+    net: nn.Module,
+    preprocess,
+    channel_axis: int | None,
+    rgb: bool | None,
+    repeat_channels: bool,
+    scale: float,
+    before_reading: Callable[[tuple[int, ...], tuple[int, int], tuple[int, int]], None],
+) -> Prepared | LazyImage:
+    """The image as the run reads it: a lazy one region by region, a NumPy one prepared whole.
+
+    ``before_reading(stack_shape, size, full)`` (the memory or disk check) runs before a pixel is read.
+    """
+    if not isinstance(net, nn.Module) or not hasattr(net, "n_channels"):
+        raise InputError("net must be a Pytorch-UNet model, e.g. from load_model().")
+    lazy = is_lazy(image)
+    arr = image if lazy else np.asarray(image)
+    n_channels, model_preprocess = int(net.n_channels), getattr(net, "preprocess", None)
+    with warnings.catch_warnings():  # the notes come again from the reading below
+        warnings.simplefilter("ignore")
+        lay = layout(arr.shape, arr.dtype, n_channels, channel_axis, rgb, repeat_channels)
+    full = lay.spatial_shape
+    size = scaled_size(full, scale)
+    before_reading(lay.stack_shape, size, full)
+    if lazy and size == full:
+        notes: list[str] = []
+        src = LazyImage(arr, layout(arr.shape, arr.dtype, n_channels, channel_axis, rgb, repeat_channels, notes), notes)
+        src.resolve(preprocess, model_preprocess)
+        return src
+    # scale != 1 resizes whole slices (as upstream does): a lazy image is read whole, so it must fit.
+    return prepare(
+        np.asarray(arr),
+        n_channels,
+        preprocess=preprocess,
+        model_preprocess=model_preprocess,
+        channel_axis=channel_axis,
+        rgb=rgb,
+        repeat_channels=repeat_channels,
+        scale=scale,
+    )
