@@ -33,13 +33,14 @@ from ._version import __version__
 from .blocks import Sums, channel_weights, forward_block, gradient_block, maps_block
 from .blocks import passes as block_passes
 from .cluster import ModelSpec, StopFlag, as_completed_with_stop, stop_check, worker_model
+from .destination import class_names, lazy_normalized
 from .engine import Job, eval_mode, model_lock, resolve_modules
 from .errors import Cancelled, InputError
 from .image import layout
 from .methods import get_method
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import scales
-from .pipeline import DEFAULT_THRESHOLD, ExplainResult, _class_indices, _class_names, lazy_normalized, model_identity
+from .pipeline import DEFAULT_THRESHOLD, ExplainResult, _class_indices, model_identity
 from .pipeline import _check_finite as check_finite
 from .source import LazyImage
 from .tiling import round_halo, tile_boxes
@@ -140,7 +141,7 @@ def model_facts(spec: ModelSpec, layers: tuple[str, ...], classes) -> dict:
     return {
         "n_channels": int(net.n_channels),
         "n_classes": int(net.n_classes),
-        "class_names": _class_names(net),
+        "class_names": class_names(net),
         "classes": _class_indices(net, classes),
         "preprocess": getattr(net, "preprocess", None),
         "model": model_identity(net),
