@@ -158,10 +158,10 @@ def plugin_name(spec: ModelSpec) -> str:
 def preloaded(client, spec: ModelSpec, torch_threads: int | None = None) -> Iterator[None]:
     """Load the model on every worker for the block (one clear error if any worker cannot), then free it."""
     plugin = ModelPreload(spec, torch_threads)
-    client.register_plugin(plugin)  # raises the first worker's CheckpointError, as it was raised there
     try:
+        client.register_plugin(plugin)  # raises the first worker's CheckpointError, as it was raised there
         yield
-    finally:
+    finally:  # also when a worker refused: the others free their copy
         try:
             client.unregister_worker_plugin(plugin.name)
         except Exception as exc:  # the cluster may be going away already (Ctrl-C)
