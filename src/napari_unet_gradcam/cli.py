@@ -110,14 +110,17 @@ def _collisions(args, names: Sequence[str]) -> dict[str, str]:
     return refused
 
 
-def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> int:
-    """Explain each (name, image-or-path, axes) and write its outputs; return the number that failed."""
+def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=None, cancel=None) -> int:
+    """Explain each (name, image-or-path, axes) and write its outputs; return the number that failed.
+
+    ``net``: a model already loaded (a dask worker's own copy); ``cancel``: explain()'s token.
+    """
     from .checkpoint import load_model
     from .io import layout_from_axes, read_image, write_result
     from .pipeline import explain
 
     try:
-        net = load_model(args.model, device=args.device)
+        net = net if net is not None else load_model(args.model, device=args.device)
     except UnetGradcamError as exc:
         _fail(str(exc))
         return len(images) or 1
@@ -146,6 +149,7 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> in
                 scale=args.scale,
                 threshold=args.threshold,
                 progress=_Bar(Path(name).name, progress),
+                cancel=cancel,
                 **layout,
             )
             rgb = bool(layout.get("rgb")) or (image.ndim >= 3 and image.shape[-1] in (3, 4) and "rgb" not in layout)
@@ -190,7 +194,10 @@ def _cmd_explain(args) -> int:
         if name in refused:
             _fail(refused[name])
     todo = [n for n in args.images if n not in refused]
-    failed = len(refused) + (_explain_files(args, [(p, p, None) for p in todo]) if todo else 0)
+    run = _explain_files
+    if args.scheduler or args.workers:
+        from .cli_cluster import explain_files_on_cluster as run
+    failed = len(refused) + (run(args, [(p, p, None) for p in todo]) if todo else 0)
     ok = len(args.images) - failed
     print(f"Done: {ok} of {len(args.images)} image(s) explained, outputs in {args.out}.")
     return 1 if failed else 0
@@ -253,6 +260,28 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "dask cluster (needs: pip install napari-unet-gradcam[cluster])",
+        "Each file is explained on a worker. A .zarr input is one large image: its blocks go to every worker "
+        "and its results to OUT/NAME.ome.zarr.",
+    )
+    g = group.add_mutually_exclusive_group()
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="explain each file on the workers of this dask scheduler (e.g. tcp://host:8786); the workers must "
+        "see the files, the --out folder and the model at the same paths",
+    )
+    g.add_argument("--workers", type=_positive, metavar="N", help="explain the files on N local dask workers")
+
+
 def _classes(values):
     if values is None:
         return None
@@ -280,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="feed a one-channel image to every input channel of a multichannel model",
     )
     _add_run_options(e)
+    _add_cluster_options(e)
     t = sub.add_parser("train", help="train a model: the bundled one (default) or on your images and masks")
     t.add_argument("out", help="checkpoint to write (.pth)")
     t.add_argument("--images", help="folder of images")
