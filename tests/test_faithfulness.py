@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from napari_unet_gradcam import UNet, explain, load_model
 from napari_unet_gradcam.errors import Cancelled, InputError
@@ -93,6 +94,19 @@ def test_randomised_weights_change_gradcam_maps(bundled_case):
     assert checks.explain_runs == 2
 
 
+def test_randomisation_matches_explain_on_the_randomised_network(bundled_case):
+    """The one-pass-per-layer randomisation gives what explain() gives on the randomised copy,
+    scoring each class over its fixed predicted region."""
+    net, img, result = bundled_case
+    checks = check_maps(img, net, result, steps=(0.0, 0.5, 1.0))
+    for ly, c in result.cams:
+        again = explain(
+            img, randomised_copy(net, ly), layers=[ly], classes=[c], target=result.labels == c, normalize="none"
+        )
+        rho = stats.spearmanr(result.cams[ly, c].ravel(), again.cams[ly, c].ravel()).statistic
+        assert checks[ly, c].randomisation_rho == pytest.approx(rho, abs=1e-3)
+
+
 def test_randomised_copy_resets_from_the_output_down_to_the_layer():
     net = tiny_unet()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -123,7 +137,8 @@ def test_progress_reaches_total_and_matches_the_estimate(small_image, net):
     assert done == list(range(1, len(calls) + 1)) and calls[-1][0] == calls[-1][1]
     cost = estimate_cost(result, steps=STEPS)
     assert (checks.forward_passes, checks.explain_runs) == (cost.forward_passes, cost.explain_runs)
-    assert cost.explain_runs == 4  # one per map: each class keeps its own fixed region
+    # One randomised network per layer: a forward pass, then a backward pass per class (its own region).
+    assert (cost.explain_runs, cost.backward_passes) == (2, 4)
 
 
 def test_maps_that_rank_alike_share_their_passes(small_image, net):
