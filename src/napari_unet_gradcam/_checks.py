@@ -42,10 +42,10 @@ def checkable(run: LastRun) -> str | None:
 
 def cost_text(run: LastRun) -> str:
     cost = estimate_cost(run.result)
-    passes = cost.forward_passes + cost.explain_runs + cost.backward_passes
+    rand = f" and {cost.explain_runs} randomised network(s)" if cost.explain_runs else ""
     return (
-        f"Checking {len(run.result.cams)} map(s): {passes} passes through the network, about "
-        f"{cost.times_predict:.0f}x the time of one segmentation without maps on a CPU ..."
+        f"Checking {len(run.result.cams)} map(s): {cost.forward_passes} forward passes{rand}, about "
+        f"{cost.times_predict:.0f}x the time of one segmentation (without maps) on a CPU ..."
     )
 
 
