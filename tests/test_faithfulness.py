@@ -76,6 +76,17 @@ def test_map_beats_random_beats_reversed_where_the_truth_is_known(small_image):
     assert w.deletion[STEPS.index(0.6)] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_real_map_beats_its_reversed_order(bundled_case):
+    """Grad-CAM's boundary map of the bundled model: its pixel order reversed scores worse in both curves."""
+    net, img, _ = bundled_case
+    result = explain(img, net, layers=["up3"], classes=[2], normalize="none")
+    m = result.cams["up3", 2]
+    right = check_maps(img, net, result, randomisation=False)["up3", 2]
+    wrong = check_maps(img, net, with_map(result, ("up3", 2), -m), randomisation=False)["up3", 2]
+    assert right.deletion_auc < right.deletion_auc_random < wrong.deletion_auc
+    assert right.insertion_auc > right.insertion_auc_random > wrong.insertion_auc
+
+
 def test_curves_end_at_image_and_baseline(small_image, net):
     result = explain(small_image, net, layers=["up1", "up4"])
     checks = check_maps(small_image, net, result, randomisation=False, baseline="mean")
