@@ -15,11 +15,12 @@ For every (layer, class) map of an :class:`~napari_unet_gradcam.ExplainResult`:
   correlation with the original map is reported; a map that barely changes explains nothing
   about the trained weights.
 
-Perturbed images need forward passes only (no backward), on a private channels-last copy of the network;
-on an accelerator several fractions go through it in one batch (a CPU is no faster per image in batches);
-the random order is shared by all maps, and maps that rank pixels identically (e.g.
-Eigen-CAM's, the same for every class) share their passes. Definitions, biases and measured values:
-docs/faithfulness.md.
+Perturbed images need forward passes only (no backward), on a private channels-last, BatchNorm-folded
+copy of the network; on an accelerator several fractions go through it in one batch (a CPU is no
+faster per image in batches); the random order is shared by all maps, and maps that rank pixels
+identically (e.g. Eigen-CAM's, the same for every class) share their passes. Randomisation takes one
+randomised copy per layer: one forward pass, one backward pass per class. Definitions, biases and
+measured values: docs/faithfulness.md.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class MapChecks:
     score_image: dict[int, float]  # class index -> raw score of the unperturbed image
     score_baseline: dict[int, float]
     forward_passes: int = 0
-    explain_runs: int = 0
+    explain_runs: int = 0  # randomised networks (the name kept from when each map took an explain() run)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -441,7 +442,7 @@ def check_maps(
     metadata; ``channel_axis``, ``rgb`` and ``repeat_channels`` must repeat explain()'s. For a
     result explained with a mask or pixel target, pass the same ``target`` again. ``net`` is
     never modified: randomisation works on copies. ``progress(done, total)`` is called after each
-    batch and explain() run; ``cancel`` (an object with ``is_set()`` or a callable) stops the
+    batch and randomised network; ``cancel`` (an object with ``is_set()`` or a callable) stops the
     check with :class:`~napari_unet_gradcam.errors.Cancelled`. Cost: :func:`estimate_cost`.
     """
     t0 = time.perf_counter()
