@@ -2,7 +2,8 @@
 
 1. Cost: the check of all 12 maps (4 decoder layers x 3 classes, Grad-CAM) of the bundled model
    on a synthetic 512x512 nuclei image, beside predict() on the same image, interleaved rounds,
-   medians: the curves alone (default steps and the quick ones), and the randomisation alone.
+   medians: the curves alone (default steps and the quick ones), and the randomisation alone,
+   with estimate_cost()'s figure (what the widget states before it runs) beside the measured one.
 2. Faithfulness: for all six methods, every map's deletion and insertion AUC against the random
    order, and the cascading-randomisation correlation, on a crop of the synthetic image and, when
    bench/eval_real_nuclei.py has cached the DSB2018 image in bench/.data, on a crop of it.
@@ -30,6 +31,8 @@ from napari_unet_gradcam.faithfulness import (
     SUMMARY_COLUMNS,
     check_maps,
     estimate_cost,
+    fold_batchnorm,
+    randomised_copy,
 )
 from napari_unet_gradcam.methods import METHODS
 from napari_unet_gradcam.synthetic import nuclei_2d
@@ -48,13 +51,21 @@ def cost(net, size: int, rounds: int) -> None:
     result = explain(img, net)
     # label -> (steps, randomisation); steps (0, 1) run no curve, so that row is the randomisation alone
     checks = {
-        "curves, default steps": (DEFAULT_STEPS, False),
-        "curves, steps (0, .1, .3, 1)": (QUICK_STEPS, False),
+        "curves, default steps (0, 5, 10, 20, 40, 80, 100 %)": (DEFAULT_STEPS, False),
+        "curves, QUICK_STEPS (0, 10, 30, 100 %)": (QUICK_STEPS, False),
         "randomisation only": ((0.0, 1.0), True),
     }
     runs = {"predict()": lambda: predict(img, net)}
     for k, (steps, rand) in checks.items():
         runs[k] = lambda steps=steps, rand=rand: check_maps(img, net, result, steps=steps, randomisation=rand)
+
+    def explain_per_map():  # how randomisation ran before: one explain() per map on the randomised copy
+        for ly in result.layers:
+            rnet = randomised_copy(net, ly)
+            for c in result.classes:
+                explain(img, rnet, layers=[ly], classes=[c], target=result.labels == c, normalize="none")
+
+    runs["randomisation as 12 explain() runs (before)"] = explain_per_map
     predict(img, net)
     t: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
@@ -62,12 +73,16 @@ def cost(net, size: int, rounds: int) -> None:
             t[k].append(timed(fn))
     p = statistics.median(t["predict()"])
     print(f"# bundled model, {size}x{size}, 12 Grad-CAM maps; median of {rounds} interleaved round(s)")
-    print("| run | forward passes | explain() runs | s | x predict() |\n| --- | --- | --- | --- | --- |")
+    print(
+        "| run | forward passes | randomised networks (backward passes) | s | x predict() | estimated x |\n"
+        "| --- | --- | --- | --- | --- | --- |"
+    )
     for k in runs:
         c = estimate_cost(result, steps=checks[k][0], randomisation=checks[k][1]) if k in checks else None
-        passes, explains = (c.forward_passes, c.explain_runs) if c else (1, 0)
+        rand = f"{c.explain_runs} ({c.backward_passes})" if c else "-"
+        passes, est = (c.forward_passes, f"{c.times_predict:.0f}") if c else (1, "-")
         m = statistics.median(t[k])
-        print(f"| {k} | {passes} | {explains} | {m:.1f} | {m / p:.1f} |")
+        print(f"| {k} | {passes} | {rand} | {m:.1f} | {m / p:.1f} | {est} |")
 
 
 def layouts(net, size: int, rounds: int) -> None:
@@ -78,6 +93,7 @@ def layouts(net, size: int, rounds: int) -> None:
 
     img = nuclei_2d(7, (size, size))
     cl = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
+    folded = fold_batchnorm(copy.deepcopy(net).eval()).to(memory_format=torch.channels_last)
     x1, x6 = torch.rand(1, 1, size, size), torch.rand(6, 1, size, size)
     runs = {
         "predict()": (lambda: predict(img, net), 1),
@@ -85,6 +101,7 @@ def layouts(net, size: int, rounds: int) -> None:
         "net(x), module layout, 6 images": (lambda: net(x6), 6),
         "channels-last copy, 1 image": (lambda: cl(x1.contiguous(memory_format=torch.channels_last)), 1),
         "channels-last copy, 6 images": (lambda: cl(x6.contiguous(memory_format=torch.channels_last)), 6),
+        "BN folded, channels-last, 1 image": (lambda: folded(x1.contiguous(memory_format=torch.channels_last)), 1),
     }
     t: dict[str, list[float]] = {k: [] for k in runs}
     with torch.inference_mode():

@@ -1,13 +1,18 @@
+import copy
 import dataclasses
 import json
 import math
+import sys
 import threading
 
 import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
+from scipy import stats
 
-from napari_unet_gradcam import UNet, explain, load_model
+from napari_unet_gradcam import UNet, explain, load_model, save_checkpoint
 from napari_unet_gradcam.errors import Cancelled, InputError
 from napari_unet_gradcam.faithfulness import MapChecks, check_maps, estimate_cost, randomised_copy
 from napari_unet_gradcam.synthetic import nuclei_2d
@@ -71,6 +76,17 @@ def test_map_beats_random_beats_reversed_where_the_truth_is_known(small_image):
     assert w.deletion[STEPS.index(0.6)] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_real_map_beats_its_reversed_order(bundled_case):
+    """Grad-CAM's boundary map of the bundled model: its pixel order reversed scores worse in both curves."""
+    net, img, _ = bundled_case
+    result = explain(img, net, layers=["up3"], classes=[2], normalize="none")
+    m = result.cams["up3", 2]
+    right = check_maps(img, net, result, randomisation=False)["up3", 2]
+    wrong = check_maps(img, net, with_map(result, ("up3", 2), -m), randomisation=False)["up3", 2]
+    assert right.deletion_auc < right.deletion_auc_random < wrong.deletion_auc
+    assert right.insertion_auc > right.insertion_auc_random > wrong.insertion_auc
+
+
 def test_curves_end_at_image_and_baseline(small_image, net):
     result = explain(small_image, net, layers=["up1", "up4"])
     checks = check_maps(small_image, net, result, randomisation=False, baseline="mean")
@@ -91,6 +107,19 @@ def test_randomised_weights_change_gradcam_maps(bundled_case):
     rhos = [c.randomisation_rho for c in checks.checks]
     assert all(math.isfinite(r) and r < 0.8 for r in rhos), rhos
     assert checks.explain_runs == 2
+
+
+def test_randomisation_matches_explain_on_the_randomised_network(bundled_case):
+    """The one-pass-per-layer randomisation gives what explain() gives on the randomised copy,
+    scoring each class over its fixed predicted region."""
+    net, img, result = bundled_case
+    checks = check_maps(img, net, result, steps=(0.0, 0.5, 1.0))
+    for ly, c in result.cams:
+        again = explain(
+            img, randomised_copy(net, ly), layers=[ly], classes=[c], target=result.labels == c, normalize="none"
+        )
+        rho = stats.spearmanr(result.cams[ly, c].ravel(), again.cams[ly, c].ravel()).statistic
+        assert checks[ly, c].randomisation_rho == pytest.approx(rho, abs=1e-3)
 
 
 def test_randomised_copy_resets_from_the_output_down_to_the_layer():
@@ -123,7 +152,8 @@ def test_progress_reaches_total_and_matches_the_estimate(small_image, net):
     assert done == list(range(1, len(calls) + 1)) and calls[-1][0] == calls[-1][1]
     cost = estimate_cost(result, steps=STEPS)
     assert (checks.forward_passes, checks.explain_runs) == (cost.forward_passes, cost.explain_runs)
-    assert cost.explain_runs == 4  # one per map: each class keeps its own fixed region
+    # One randomised network per layer: a forward pass, then a backward pass per class (its own region).
+    assert (cost.explain_runs, cost.backward_passes) == (2, 4)
 
 
 def test_maps_that_rank_alike_share_their_passes(small_image, net):
@@ -201,3 +231,108 @@ def test_batching_does_not_change_the_curves(small_image, net):
     for a, b in zip(one.checks, many.checks, strict=True):
         np.testing.assert_allclose(a.deletion, b.deletion, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.insertion, b.insertion, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_folding_keeps_the_logits(small_image, net):
+    from napari_unet_gradcam.faithfulness import fold_batchnorm
+
+    x = torch.from_numpy(small_image[None, None])
+    folded = fold_batchnorm(copy.deepcopy(net).eval())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        a, b = net.eval()(x), folded(x)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+
+
+def test_cost_estimate_counts_what_runs(small_image, net):
+    result = explain(small_image, net, layers=["up1", "up4"])
+    cost = estimate_cost(result)
+    checks = check_maps(small_image, net, result)
+    assert (checks.forward_passes, checks.explain_runs) == (cost.forward_passes, cost.explain_runs)
+    assert cost.backward_passes == 6 and cost.times_predict > cost.forward_passes * 0.5
+    no_rand = estimate_cost(result, randomisation=False)
+    assert (no_rand.explain_runs, no_rand.backward_passes) == (0, 0)
+
+
+# -- the curves plot and the CLI's --check ------------------------------------------------------
+@pytest.fixture
+def small_checks(small_image, net):
+    result = explain(small_image, net, layers=["up3", "up4"])
+    return check_maps(small_image, net, result, steps=(0.0, 0.2, 0.5, 1.0), randomisation=False)
+
+
+def test_plot_has_every_map_and_the_random_order_and_highlights_one(small_checks):
+    pytest.importorskip("matplotlib")
+    from napari_unet_gradcam.curves_plot import plot_curves
+
+    fig = plot_curves(small_checks)
+    axes = fig.get_axes()
+    assert len(axes) == 2 * 3  # deletion and insertion, one column per class
+    for ax in axes:
+        solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+        dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert len(solid) == 2 and len(dashed) == 1  # two layers, the random order
+    check = small_checks["up4", 1]
+    np.testing.assert_allclose(axes[1].get_lines()[1].get_ydata(), check.deletion)
+    fig = plot_curves(small_checks, fig, highlight=("up4", 1))
+    widths = {ln.get_label(): ln.get_linewidth() for ln in fig.get_axes()[1].get_lines()}
+    assert widths["up4"] > widths["up3"]
+
+
+def test_plot_without_matplotlib_says_what_to_install(small_checks, monkeypatch):
+    from napari_unet_gradcam.curves_plot import plot_curves
+    from napari_unet_gradcam.errors import UnetGradcamError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(UnetGradcamError, match="pip install matplotlib"):
+        plot_curves(small_checks)
+
+
+@pytest.fixture
+def cli_files(tmp_path):
+    save_checkpoint(tiny_unet(width=4), tmp_path / "tiny.pth", preprocess={"mode": "percentile"})
+    tifffile.imwrite(tmp_path / "cells.tif", nuclei_2d(1, (64, 80)))
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([nuclei_2d(1, (64, 64))] * 2), metadata={"axes": "ZYX"})
+    return tmp_path
+
+
+def run_cli(*args):
+    from napari_unet_gradcam.cli import main
+
+    return main([str(a) for a in args])
+
+
+def test_cli_check_writes_the_numbers_and_the_curves(cli_files, capsys):
+    out = cli_files / "out"
+    args = ["explain", cli_files / "cells.tif", "--model", cli_files / "tiny.pth", "--device", "cpu", "--out", out]
+    assert run_cli(*args, "--layers", "up3", "up4", "--check") == 0
+    meta = json.loads((out / "cells_metadata.json").read_text())
+    back = MapChecks.from_json(json.dumps(meta["checks"]))
+    assert [c.key for c in back.checks] == [(ly, c) for ly in ("up3", "up4") for c in range(3)]
+    assert back.explain_runs == 2 and back.forward_passes > 2
+    png = out / "cells_checks.png"
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    assert "cells_checks.png" in capsys.readouterr().out
+    assert not any(p.name.endswith(".part.png") for p in out.iterdir())
+
+
+def test_cli_check_without_matplotlib_warns_and_keeps_the_numbers(cli_files, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = cli_files / "out"
+    args = ["explain", cli_files / "cells.tif", "--model", cli_files / "tiny.pth", "--device", "cpu", "--out", out]
+    assert run_cli(*args, "--layers", "up4", "--classes", "1", "--check") == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "pip install matplotlib" in err and "Traceback" not in err
+    assert not (out / "cells_checks.png").exists()
+    assert "checks" in json.loads((out / "cells_metadata.json").read_text())
+
+
+def test_cli_check_of_a_stack_is_one_clear_line(cli_files, capsys):
+    out = cli_files / "out"
+    args = ["explain", cli_files / "stack.tif", "--model", cli_files / "tiny.pth", "--device", "cpu", "--out", out]
+    assert run_cli(*args, "--layers", "up4", "--check") == 1
+    err = capsys.readouterr().err
+    assert "one slice" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -6,10 +6,9 @@ import tifffile
 
 from napari_unet_gradcam import _widget, save_checkpoint
 from napari_unet_gradcam._job import RunState
-from napari_unet_gradcam.faithfulness import SUMMARY_COLUMNS
 
 from .conftest import tiny_unet
-from .test_widget import captions, enter_grid, idle, open_widget, run_and_wait, use_checkpoint
+from .test_widget import captions, enter_grid, open_widget, run_and_wait, use_checkpoint
 
 PLUGIN = "napari-unet-gradcam"
 
@@ -295,26 +294,3 @@ def test_pyramid_level_is_explained_and_placed_over_the_pyramid(make_napari_view
     # A level-1 pixel and the world point of its centre agree through both transforms.
     np.testing.assert_allclose(labels.data_to_world((40, 60)), pyramid.data_to_world((80.5, 120.5)))
     np.testing.assert_array_equal(np.asarray(pyramid.data[0]), base)  # the user's data untouched
-
-
-def test_check_maps_after_a_run(ready, qtbot):
-    viewer, img, widget = ready
-    widget.classes.value = [1, 2]
-    run_and_wait(qtbot, widget)
-    assert widget.check_btn.enabled
-    widget.check_maps()
-    assert "forward passes" in widget.status.value  # the cost is stated before it runs
-    qtbot.waitUntil(lambda: idle(widget), timeout=120000)
-    assert widget.status.value.startswith("Checked 4 map(s)"), widget.status.value
-    table = widget._checks_table
-    assert table.rowCount() == 4 and table.horizontalHeaderItem(1).text() == "deletion AUC"
-    checks = viewer.layers["img Grad-CAM up4 nucleus"].metadata["unet_gradcam"]["checks"]
-    assert checks["map"] == "up4/nucleus" and set(checks) == set(SUMMARY_COLUMNS)  # numbers (NaN where undefined)
-    row = [table.item(i, 0).text() for i in range(4)].index("up4/nucleus")
-    value = checks["randomisation rho"]
-    assert table.item(row, 5).text() == ("n/a" if np.isnan(value) else f"{value:.3f}")
-    widget.current_slice.value = False
-    widget.layers.value = []  # labels only: nothing to check, said clearly
-    run_and_wait(qtbot, widget)
-    widget.check_maps()
-    assert "made no maps" in widget.status.value and idle(widget)

@@ -42,10 +42,10 @@ def checkable(run: LastRun) -> str | None:
 
 def cost_text(run: LastRun) -> str:
     cost = estimate_cost(run.result)
-    n = len(run.result.cams)
+    rand = f" and {cost.explain_runs} randomised network(s)" if cost.explain_runs else ""
     return (
-        f"Checking {n} map(s): {cost.forward_passes} forward passes and {cost.explain_runs} explain run(s), "
-        f"about {cost.forward_passes + 2 * cost.explain_runs}x the time of one segmentation ..."
+        f"Checking {len(run.result.cams)} map(s): {cost.forward_passes} forward passes{rand}, about "
+        f"{cost.times_predict:.0f}x the time of one segmentation (without maps) on a CPU ..."
     )
 
 
@@ -70,30 +70,91 @@ def annotate_layers(viewer, run: LastRun, checks: MapChecks) -> int:
     return n
 
 
-def show_table(viewer, checks: MapChecks, table=None):
-    """A table docked under the canvas (updated in place on later checks); returns it."""
-    from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+TABLE_TIP = (
+    "Deletion AUC: lower is better (removing the map's top pixels first drops the score fast). "
+    "Insertion AUC: higher is better. 'vs random': the ratio to a random pixel order (deletion < 1 "
+    "and insertion > 1 beat random). Randomisation rho: the map's rank correlation with the same "
+    "map from a network whose layers from the output down to this one are re-initialised "
+    "(low = the map depends on the trained weights). Select a row to pick its curves out in the plot. "
+    "See docs/faithfulness.md."
+)
 
-    rows = checks.summary_rows()
-    if table is None:
-        table = QTableWidget()
-        table.setToolTip(
-            "Deletion AUC: lower is better (removing the map's top pixels first drops the score fast). "
-            "Insertion AUC: higher is better. 'vs random': the ratio to a random pixel order (deletion < 1 "
-            "and insertion > 1 beat random). Randomisation rho: the map's rank correlation with the same "
-            "map from a network whose layers from the output down to this one are re-initialised "
-            "(low = the map depends on the trained weights). See docs/faithfulness.md."
-        )
-        viewer.window.add_dock_widget(table, name="UNet Grad-CAM map checks", area="bottom")
-    table.setColumnCount(len(SUMMARY_COLUMNS))
-    table.setHorizontalHeaderLabels(list(SUMMARY_COLUMNS))
-    table.setRowCount(len(rows))
-    for i, row in enumerate(rows):
-        for j, value in enumerate(row):
-            text = value if isinstance(value, str) else ("n/a" if not np.isfinite(value) else f"{value:.3f}")
-            table.setItem(i, j, QTableWidgetItem(text))
-    table.resizeColumnsToContents()
-    return table
+
+class ChecksPanel:
+    """The table and, where matplotlib is installed, the curves plot; a selected row is drawn thick."""
+
+    def __init__(self):
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QLabel, QSplitter, QTableWidget
+
+        self.checks: MapChecks | None = None
+        self.widget = QSplitter(Qt.Orientation.Horizontal)
+        self.table = QTableWidget()
+        self.table.setToolTip(TABLE_TIP)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        self.widget.addWidget(self.table)
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            from .curves_plot import INSTALL_HINT
+
+            self.figure = self.canvas = None
+            self.widget.addWidget(QLabel(INSTALL_HINT))
+        else:
+            self.figure = Figure(figsize=(7, 4))
+            self.canvas = FigureCanvasQTAgg(self.figure)
+            self.canvas.setMinimumSize(320, 240)
+            self.widget.addWidget(self.canvas)
+        self.table.itemSelectionChanged.connect(self.draw)
+
+    def alive(self) -> bool:
+        try:
+            self.table.rowCount()
+        except RuntimeError:  # its Qt object was deleted with the dock
+            return False
+        return True
+
+    def highlighted(self) -> tuple[str, int] | None:
+        rows = self.table.selectionModel().selectedRows() if self.checks else []
+        return self.checks.checks[rows[0].row()].key if rows else None
+
+    def draw(self) -> None:
+        if self.figure is None or self.checks is None:
+            return
+        from .curves_plot import plot_curves
+
+        plot_curves(self.checks, self.figure, self.highlighted())
+        self.canvas.draw_idle()
+
+    def show(self, checks: MapChecks) -> None:
+        from qtpy.QtWidgets import QTableWidgetItem
+
+        self.checks = None  # no redraw for the old numbers while the table is refilled
+        rows = checks.summary_rows()
+        self.table.clearSelection()
+        self.table.setColumnCount(len(SUMMARY_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(SUMMARY_COLUMNS))
+        self.table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            for j, value in enumerate(row):
+                text = value if isinstance(value, str) else ("n/a" if not np.isfinite(value) else f"{value:.3f}")
+                self.table.setItem(i, j, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        self.checks = checks
+        self.draw()
+
+
+def show_table(viewer, checks: MapChecks, panel: ChecksPanel | None = None) -> ChecksPanel:
+    """The table and the curves docked under the canvas (updated in place on later checks); returns them."""
+    if panel is not None and not panel.alive():  # the user closed the dock: a new one
+        panel = None
+    if panel is None:
+        panel = ChecksPanel()
+        viewer.window.add_dock_widget(panel.widget, name="UNet Grad-CAM map checks", area="bottom")
+    panel.show(checks)
+    return panel
 
 
 def refuse_if_unchecked(run: LastRun | None) -> LastRun:

@@ -145,7 +145,7 @@ class GradCamWidget(Container):
         self._model_error: str | None = None
         self._source = None
         self._last: LastRun | None = None  # what the last finished run explained
-        self._checks_table = None
+        self._checks_panel = None  # the docked table and curves of the last check
         self._added: list = []  # the layers the last run created (not updated)
         self._progress = None
         self.grid = GridView(self.viewer)
@@ -621,7 +621,7 @@ class GradCamWidget(Container):
         def build(checks):
             annotated.append(annotate_layers(self.viewer, run, checks))
             yield
-            self._checks_table = show_table(self.viewer, checks, self._checks_table)
+            self._checks_panel = show_table(self.viewer, checks, self._checks_panel)
 
         def finish(checks, seconds: float) -> str:
             where = f"in the table and in {annotated[0]} layer(s)' metadata"

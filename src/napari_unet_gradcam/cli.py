@@ -88,7 +88,7 @@ def _collisions(args, names: Sequence[str]) -> dict[str, str]:
     refused = {}
     for name in names:
         stem = Path(name).stem
-        for out_name in output_names(stem, args.probabilities, args.instances):
+        for out_name in output_names(stem, args.probabilities, args.instances) + [f"{stem}_checks.png"] * args.check:
             target = out / out_name
             hit = protected.get(_key(target))
             if hit is None and target.exists():
@@ -156,10 +156,13 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
             stack_axes = "".join(a for a in (axes or "") if a not in "YXSC")[: res.labels.ndim - 2]
             stack_axes = stack_axes if len(stack_axes) == res.labels.ndim - 2 else "Q" * (res.labels.ndim - 2)
             stem = Path(name).stem
+            checks = _check(net, image, res, layout, _Bar(f"{Path(name).name} check", progress)) if args.check else None
             mask_values = net.mask_values if args.mask_values else None
             files = write_result(
                 res, image, out, stem, stack_axes, args.probabilities, rgb, args.instances, mask_values
             )
+            if checks is not None:
+                files += _write_curves(checks, out / f"{stem}_checks.png", name)
             fg = float((res.labels > 0).mean())
             count = f", {int(res.instances().max())} objects" if args.instances else ""
             print(
@@ -181,6 +184,31 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
             failed += 1
             _fail(f"{name}: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
     return failed
+
+
+def _check(net, image, res, layout: dict, bar):
+    """check_maps of the result; its numbers go into the metadata JSON (``checks``)."""
+    from .faithfulness import check_maps
+
+    checks = check_maps(image, net, res, progress=bar, **layout)  # its refusals name check_maps
+    res.metadata["checks"] = checks.to_dict()
+    return checks
+
+
+def _write_curves(checks, path: Path, name: str) -> list[Path]:
+    """The curves PNG; without matplotlib a warning instead (the numbers are in the JSON anyway)."""
+    from .atomic import atomic_outputs
+    from .curves_plot import save_curves_png
+
+    try:
+        with atomic_outputs() as target:
+            save_curves_png(checks, path, target(path))
+    except UnetGradcamError as exc:
+        sys.stderr.write(
+            f"napari-unet-gradcam: warning: {name}: no {path.name} ({exc}); the numbers are in the JSON.\n"
+        )
+        return []
+    return [path]
 
 
 def _cmd_explain(args) -> int:
@@ -258,6 +286,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--instances", action="store_true", help="also write instance labels (nuclei split apart)")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also check the maps (deletion/insertion curves against a random pixel order, cascading "
+        "randomisation; docs/faithfulness.md): numbers in the metadata JSON, curves in <name>_checks.png "
+        "(needs matplotlib). One 2-D image, untiled; costs about 100x a segmentation",
+    )
 
 
 def _positive(text: str) -> int:

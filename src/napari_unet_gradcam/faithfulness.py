@@ -15,11 +15,12 @@ For every (layer, class) map of an :class:`~napari_unet_gradcam.ExplainResult`:
   correlation with the original map is reported; a map that barely changes explains nothing
   about the trained weights.
 
-Perturbed images need forward passes only (no backward), on a private channels-last copy of the network;
-on an accelerator several fractions go through it in one batch (a CPU is no faster per image in batches);
-the random order is shared by all maps, and maps that rank pixels identically (e.g.
-Eigen-CAM's, the same for every class) share their passes. Definitions, biases and measured values:
-docs/faithfulness.md.
+Perturbed images need forward passes only (no backward), on a private channels-last, BatchNorm-folded
+copy of the network; on an accelerator several fractions go through it in one batch (a CPU is no
+faster per image in batches); the random order is shared by all maps, and maps that rank pixels
+identically (e.g. Eigen-CAM's, the same for every class) share their passes. Randomisation takes one
+randomised copy per layer: one forward pass, one backward pass per class. Definitions, biases and
+measured values: docs/faithfulness.md.
 """
 
 from __future__ import annotations
@@ -36,15 +37,18 @@ import numpy as np
 import torch
 from scipy import ndimage, stats
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .engine import model_lock
+from .engine import explain_tensor, map_to_input, model_lock
 from .errors import InputError
-from .image import prepare
-from .pipeline import ExplainResult, explain, progress_steps
+from .image import network_size, pad_to, prepare
+from .methods import get_method
+from .pipeline import ExplainResult, progress_steps
 
 ProgressCallback = Callable[[int, int], None]
-#: Fractions of the pixels removed (deletion) or put back (insertion), 0 and 1 included.
-DEFAULT_STEPS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+#: Fractions of the pixels removed (deletion) or put back (insertion), 0 and 1 included: dense where
+#: the curves bend (the first tenth), sparse where they flatten out.
+DEFAULT_STEPS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
 #: A coarser curve at about a third of the cost: two intermediate points instead of six.
 QUICK_STEPS = (0.0, 0.1, 0.3, 1.0)
 BASELINES = ("blur", "mean")
@@ -107,7 +111,7 @@ class MapChecks:
     score_image: dict[int, float]  # class index -> raw score of the unperturbed image
     score_baseline: dict[int, float]
     forward_passes: int = 0
-    explain_runs: int = 0
+    explain_runs: int = 0  # randomised networks (the name kept from when each map took an explain() run)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -147,12 +151,29 @@ class MapChecks:
         return cls(**d)
 
 
+#: Time of one check step in predict() times of the same image, on a CPU (bench/bench_faithfulness.py,
+#: docs/benchmarks.md): a perturbed forward pass (no preprocessing, BatchNorm folded), one randomised
+#: network's forward pass, and each class's backward pass through its decoder part.
+PASS_COST, RANDOM_FORWARD_COST, RANDOM_BACKWARD_COST = 0.85, 1.0, 0.6
+
+
 @dataclass(frozen=True)
 class CheckCost:
-    """What :func:`check_maps` will run: batched forward passes of single images, and explain() runs."""
+    """What :func:`check_maps` will run: single-image forward passes for the curves; for randomisation,
+    one randomised network per layer, each with one forward pass and one backward pass per class."""
 
     forward_passes: int
-    explain_runs: int
+    explain_runs: int  # randomised networks (one per checked layer)
+    backward_passes: int = 0
+
+    @property
+    def times_predict(self) -> float:
+        """The estimated time in predict() times of the same image on a CPU (docs/benchmarks.md)."""
+        return (
+            self.forward_passes * PASS_COST
+            + self.explain_runs * RANDOM_FORWARD_COST
+            + self.backward_passes * RANDOM_BACKWARD_COST
+        )
 
 
 def _nan_to_none(v):
@@ -203,20 +224,16 @@ def estimate_cost(
     randomisation: bool = True,
     maps: Iterable[tuple[str, int]] | None = None,
 ) -> CheckCost:
-    """How many single-image forward passes and explain() runs :func:`check_maps` will take."""
+    """How many forward and backward passes :func:`check_maps` will take, and about how long."""
     keys = _maps_to_check(result, maps)
     inner = len(_check_steps(steps)) - 2
     orders = len({_order_key(result.cams[k]) for k in keys})
     # Two curves per distinct pixel order, the random order's two, and the image and the baseline.
     passes = 2 * inner * (orders + 1) + 2
-    return CheckCost(passes, _randomisation_runs(result, keys) if randomisation else 0)
-
-
-def _randomisation_runs(result: ExplainResult, keys: list[tuple[str, int]]) -> int:
-    layers = {ly for ly, _ in keys}
-    if result.metadata.get("target") == "image":
-        return len(layers)  # one run per layer serves every class
-    return len(keys)
+    if not randomisation:
+        return CheckCost(passes, 0, 0)
+    backward = len(keys) if get_method(str(result.metadata.get("method", "gradcam"))).needs_gradients else 0
+    return CheckCost(passes, len({ly for ly, _ in keys}), backward)
 
 
 # -- the score -----------------------------------------------------------------------------------
@@ -237,27 +254,57 @@ def _class_logit(logits: torch.Tensor, cls: int) -> torch.Tensor:
     return logits[:, cls]
 
 
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Every eval-mode ``Conv2d`` directly followed by a ``BatchNorm2d`` in a ``Sequential``, as one conv.
+
+    In place; for a private eval-mode copy only. The same function up to float rounding (on the
+    bundled model logits differ by about 1e-5 of their range), one pass over the activations fewer:
+    a 512x512 forward pass about 12 % faster on a CPU (docs/benchmarks.md).
+    """
+    for name, child in module.named_children():
+        if not isinstance(child, nn.Sequential):
+            fold_batchnorm(child)
+            continue
+        mods, out = list(child), []
+        while mods:
+            m = mods.pop(0)
+            nxt = mods[0] if mods else None
+            if (
+                isinstance(m, nn.Conv2d)
+                and isinstance(nxt, nn.BatchNorm2d)
+                and nxt.track_running_stats
+                and not (m.training or nxt.training)
+            ):
+                out.append(fuse_conv_bn_eval(m, mods.pop(0)))
+            else:
+                out.append(fold_batchnorm(m))
+        setattr(module, name, nn.Sequential(*out))
+    return module
+
+
 class _Scorer:
     """Forward passes of batches of images, each returning every checked class's score.
 
     The passes run on a private eval-mode copy of the network: the user's module is never switched
-    to eval mode or locked (another thread may explain() with it meanwhile), and on a CPU or CUDA
-    device the copy's weights and inputs are channels-last, which runs the U-Net's convolutions
-    faster than the module's own layout (bench/bench_faithfulness.py; docs/benchmarks.md).
+    to eval mode or locked (another thread may explain() with it meanwhile). The copy's BatchNorm
+    layers are folded into their convolutions, and on a CPU or CUDA device its weights and inputs
+    are channels-last, which runs the U-Net's convolutions faster than the module's own layout
+    (bench/bench_faithfulness.py; docs/benchmarks.md). Images are padded as explain() pads them.
     """
 
     def __init__(self, net: nn.Module, regions: dict[int, torch.Tensor], device: torch.device):
         self.regions, self.device = regions, device
         with model_lock(net):  # as in randomised_copy: no other run's hooks in the copy
-            self.net = copy.deepcopy(net).eval()
+            self.net = fold_batchnorm(copy.deepcopy(net).eval())
         self.layout = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
         self.net.to(memory_format=self.layout)
         self.passes = 0
 
     def __call__(self, batch: np.ndarray) -> dict[int, np.ndarray]:
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.layout)
+        h, w = batch.shape[-2:]
+        x = torch.from_numpy(pad_to(batch, network_size(h, w))).to(self.device)
         with torch.inference_mode():
-            logits = self.net(x).float()
+            logits = self.net(x.contiguous(memory_format=self.layout)).float()[..., :h, :w]
         self.passes += x.shape[0]
         return {c: (_class_logit(logits, c) * r).sum((1, 2)).double().cpu().numpy() for c, r in self.regions.items()}
 
@@ -395,7 +442,7 @@ def check_maps(
     metadata; ``channel_axis``, ``rgb`` and ``repeat_channels`` must repeat explain()'s. For a
     result explained with a mask or pixel target, pass the same ``target`` again. ``net`` is
     never modified: randomisation works on copies. ``progress(done, total)`` is called after each
-    batch and explain() run; ``cancel`` (an object with ``is_set()`` or a callable) stops the
+    batch and randomised network; ``cancel`` (an object with ``is_set()`` or a callable) stops the
     check with :class:`~napari_unet_gradcam.errors.Cancelled`. Cost: :func:`estimate_cost`.
     """
     t0 = time.perf_counter()
@@ -462,17 +509,13 @@ def check_maps(
         k = _order_key(result.cams[ly, c])
         if k not in by_order:  # maps that rank pixels alike (Eigen-CAM's classes) share their passes
             m = _nearest(np.asarray(result.cams[ly, c], np.float32), size)
-            by_order[k] = run.curves(_pixel_order(m, np.random.default_rng([seed, len(by_order)])))
+            rng = np.random.default_rng([seed, len(by_order)])
+            # Without intermediate steps no order is used: sorting 512x512 pixels costs 0.1 s a map.
+            by_order[k] = run.curves(_pixel_order(m, rng) if run.counts else np.empty(0, np.int64))
         d, i = by_order[k][0][c], by_order[k][1][c]
         da, ia, dr, ir = _auc(fr, d), _auc(fr, i), _auc(fr, rand_del[c]), _auc(fr, rand_ins[c])
         checks.append(MapCheck(ly, c, names[c], d, i, da, ia, dr, ir, _ratio(da, dr), _ratio(ia, ir)))
-    if randomisation:
-        prep_args = {"channel_axis": channel_axis, "rgb": rgb, "repeat_channels": repeat_channels}
-        explain_runs = _randomisation(
-            image, net, result, keys, checks, kind, target, seed, step, cancel, prep_args, notes
-        )
-    else:
-        explain_runs = 0
+    explain_runs = _randomisation(x, net, result, keys, checks, regions, seed, step, notes) if randomisation else 0
     return MapChecks(
         steps=fr,
         baseline=baseline,
@@ -513,47 +556,43 @@ def _regions(result, kind, target, classes, size) -> dict[int, np.ndarray]:
     return {c: small for c in classes}
 
 
-def _full_regions(result: ExplainResult, kind: str, target) -> Callable[[int], str | np.ndarray | tuple]:
-    """The target explain() needs to score class ``c`` over the same pixels as the original map."""
-    if kind == "predicted":
-        return lambda c: np.asarray(result.labels) == c
-    if kind == "image":
-        return lambda c: "image"
-    return lambda c: target
+def _randomisation(
+    x: np.ndarray,
+    net: nn.Module,
+    result: ExplainResult,
+    keys: list[tuple[str, int]],
+    checks: list[MapCheck],
+    regions: dict[int, torch.Tensor],
+    seed: int,
+    step,
+    notes: list[str],
+) -> int:
+    """Fill each check's ``randomisation_rho``; returns the number of randomised networks.
 
-
-def _randomisation(image, net, result, keys, checks, kind, target, seed, step, cancel, prep_args, notes) -> int:
-    """Fill each check's ``randomisation_rho``; returns the number of explain() runs."""
-    md = result.metadata
-    region = _full_regions(result, kind, target)
-    runs = 0
+    One pass per layer on its randomised copy: the forward pass, then one backward pass per class,
+    each scoring that class over its fixed region ``regions[c]`` (the curves' ``M_c``), as explain()
+    would with that region as its target. Maps are compared on the network's grid.
+    """
+    method = get_method(str(result.metadata.get("method", "gradcam")))
+    size = x.shape[-2:]
+    fed = network_size(*size)
+    xt = torch.from_numpy(pad_to(x[None], fed)).to(next(net.parameters()).device)
+    padded = {
+        c: torch.nn.functional.pad(r, (0, fed[1] - size[1], 0, fed[0] - size[0]))[None] for c, r in regions.items()
+    }
     by_key = {ck.key: ck for ck in checks}
-    for ly in dict.fromkeys(k[0] for k in keys):
+    layers = list(dict.fromkeys(ly for ly, _ in keys))
+    for ly in layers:
         rnet = randomised_copy(net, ly, seed)
         classes = [c for l2, c in keys if l2 == ly]
-        # With a fixed region per class, one run per class; the whole image serves every class at once.
-        groups = [classes] if kind == "image" else [[c] for c in classes]
-        for group in groups:
-            r = explain(
-                image,
-                rnet,
-                layers=[ly],
-                classes=group,
-                method=str(md.get("method", "gradcam")),
-                target=region(group[0]),
-                preprocess=md.get("preprocess", "auto"),
-                normalize="none",
-                scale=float(md.get("scale", 1.0)),
-                cancel=cancel,
-                **prep_args,
-            )
-            runs += 1
-            for c in group:
-                ck = by_key[ly, c]
-                ck.randomisation_rho = _spearman(np.asarray(result.cams[ly, c]), r.cams[ly, c])
-                if math.isnan(ck.randomisation_rho):
-                    which = "the randomised network's" if np.ptp(r.cams[ly, c]) == 0 else "the original"
-                    notes.append(f"{ly}/{ck.class_name}: {which} map is constant; its rank correlation is undefined.")
-            step()
+        _, maps = explain_tensor(rnet, xt, [ly], classes, method, lambda logits, c: padded[c], valid=size)
+        for c in classes:
+            ck = by_key[ly, c]
+            new = map_to_input(maps[ly, c], fed, size)[0].cpu().numpy()
+            ck.randomisation_rho = _spearman(_nearest(np.asarray(result.cams[ly, c], np.float32), size), new)
+            if math.isnan(ck.randomisation_rho):
+                which = "the randomised network's" if np.ptp(new) == 0 else "the original"
+                notes.append(f"{ly}/{ck.class_name}: {which} map is constant; its rank correlation is undefined.")
+        step()
         del rnet
-    return runs
+    return len(layers)
