@@ -46,7 +46,8 @@ def resolve_modules(net: nn.Module, layers: Sequence[str]) -> dict[str, nn.Modul
     out: dict[str, nn.Module] = {}
     for name in layers:
         if not name or name not in named:
-            decoder = getattr(net, "decoder_layers", None) or (DECODER_LAYERS if "up1" in named else ())
+            milesial = DECODER_LAYERS if set(DECODER_LAYERS) <= set(named) else ()
+            decoder = getattr(net, "decoder_layers", None) or milesial
             hint = f"use decoder layers {', '.join(decoder)} or another" if decoder else "use a"
             raise InputError(
                 f"Unknown layer {name!r}: {hint} module name of the network (e.g. 'down4', 'up2.conv'; "

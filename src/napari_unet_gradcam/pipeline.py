@@ -25,6 +25,7 @@ from .engine import (
     steps_per_pass,
 )
 from .errors import Cancelled, InputError
+from .families import check_image_size, default_layers, spatial_dims
 from .image import Prepared, network_size, pad_to, prepare, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
 from .methods import Method, get_method
@@ -33,6 +34,7 @@ from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps
 from .run_plan import check_result_size, plan_run
 from .tiling import explain_tiled, n_passes, round_halo
+from .volume import explain_volume, predict_volume
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_HALO = 64
@@ -177,6 +179,7 @@ def _run(
     modules = resolve_modules(net, layers)
     explaining = bool(modules) and bool(classes)
     n, _, h, w = prep.batch.shape
+    check_image_size(net, (h, w))
     width = int(getattr(net, "width", 64))
     passes = n_passes(method, explaining)
     plan = plan_run(n, (h, w), network_size(h, w), width, explaining, passes, device, tile_size, halo, batch_size)
@@ -314,6 +317,12 @@ def predict(
     net = args.model(net)
     tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     t = _threshold(net, threshold)
+    if spatial_dims(net) == 3:
+        volume_args = {"tile_size": tile_size, "scale": scale, "threshold": t, "repeat_channels": repeat_channels}
+        return predict_volume(
+            args.image(image), net, preprocess, channel_axis=args.channel_axis(channel_axis), progress=progress,
+            cancel=cancel, **volume_args,
+        )  # fmt: skip
     prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
     logits, _, _ = _run(
         net, prep, (), (), get_method("gradcam"), "predicted", tile_size, halo, batch_size, t, progress, cancel
@@ -352,7 +361,7 @@ def explain(
     """
     t0 = time.perf_counter()
     net = args.model(net)
-    layers = args.layers(layers)
+    layers = default_layers(net, args.layers(layers))
     tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     m = get_method(method)
     class_idx = _class_indices(net, classes)
@@ -361,6 +370,12 @@ def explain(
     resolve_modules(net, layers)
     args.explained_modules(net, layers)
     t = _threshold(net, threshold)
+    if spatial_dims(net) == 3:
+        volume_args = {"tile_size": tile_size, "scale": scale, "threshold": t, "repeat_channels": repeat_channels}
+        return explain_volume(
+            args.image(image), net, layers, class_idx, m, target, preprocess, normalize,
+            channel_axis=args.channel_axis(channel_axis), progress=progress, cancel=cancel, **volume_args,
+        )  # fmt: skip
     prep = _prepare(args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale)
     tgt = _target_mask(target, prep, prep.batch.shape[-2:])
     logits, raw, tile = _run(net, prep, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel)
