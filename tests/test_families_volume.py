@@ -8,6 +8,7 @@ from napari_unet_gradcam import InputError, explain, predict
 from napari_unet_gradcam.engine import explain_tensor, map_to_input
 from napari_unet_gradcam.families import conform, propose_layers, size_divisor, spatial_dims
 from napari_unet_gradcam.methods import get_method
+from napari_unet_gradcam.volume import fed_size
 
 from .test_engine import naive_activation_and_gradient, reference_map
 from .test_engine_nd import tiny3d
@@ -42,7 +43,8 @@ def test_explain_a_volume_is_the_engine_on_the_padded_volume(vol, divisor):
     res = explain(vol, net, layers=["dec1", "dec0"], method="xgradcam", normalize="none", preprocess="none")
     assert res.labels.shape == vol.shape and res.probabilities.shape == (3, *vol.shape)
     assert res.metadata["spatial_dims"] == 3 and res.layers == ["dec1", "dec0"]
-    fed = tuple(-(-s // divisor) * divisor for s in vol.shape)
+    fed = fed_size(vol.shape, (divisor,) * 3)
+    assert fed == ((16, 20, 20) if divisor == 4 else (32, 32, 32))
     x = torch.from_numpy(np.pad(vol, [(0, f - s) for f, s in zip(fed, vol.shape, strict=True)], mode="reflect"))
     logits, maps = explain_tensor(
         net, x[None, None], ["dec1", "dec0"], [0, 1, 2], get_method("xgradcam"), valid=vol.shape

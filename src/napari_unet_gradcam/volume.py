@@ -2,8 +2,9 @@
 
 A volume is (Z, Y, X) for a one-channel network, or has a channel axis (``channel_axis``, or
 axis -4 when it already matches the network's channels); leading axes are a stack of volumes.
-Each volume runs in one pass, padded at the end of each axis to the network's size divisor, the
-padding in no score and no statistic (as 2-D padding). Not yet: 3-D tiling (a volume that does
+Each volume runs in one pass, padded at the end of each axis to a multiple of the network's size
+divisor, and to at least twice it (instance norms need two positions a side at the deepest level),
+the padding in no score and no statistic (as 2-D padding). Not yet: 3-D tiling (a volume that does
 not fit is refused with what to do) and ``scale``.
 """
 
@@ -29,7 +30,7 @@ from .engine import (
     resolve_modules,
     steps_per_pass,
 )
-from .errors import InputError
+from .errors import InputError, UnetGradcamError
 from .families import size_divisor
 from .image import apply_preprocess, resolve_preprocess, to_channels_first
 from .methods import Method
@@ -61,9 +62,14 @@ def to_volumes(
     return np.ascontiguousarray(out.reshape(-1, *out.shape[-4:])), out.shape[:-4], notes
 
 
-def _padded(batch: np.ndarray, divisor: Sequence[int]) -> np.ndarray:
+def fed_size(spatial: Sequence[int], divisor: Sequence[int]) -> tuple[int, ...]:
+    """The size a volume is fed at: each side a multiple of its divisor, and at least twice it."""
+    return tuple(max(2 * d, -(-s // d) * d) for s, d in zip(spatial, divisor, strict=True))
+
+
+def _padded(batch: np.ndarray, fed: Sequence[int]) -> np.ndarray:
     size = batch.shape[2:]
-    pads = [(0, -(-s // d) * d - s) for s, d in zip(size, divisor, strict=True)]
+    pads = [(0, f - s) for s, f in zip(size, fed, strict=True)]
     if not any(p for _, p in pads):
         return batch
     mode = "reflect" if min(size) > 1 else "edge"
@@ -130,7 +136,7 @@ def run_volumes(
     modules = resolve_modules(net, layers)
     device = next(net.parameters()).device
     divisor = size_divisor(net)
-    fed = tuple(-(-s // d) * d for s, d in zip(spatial, divisor, strict=True))
+    fed = fed_size(spatial, divisor)
     job = Job(net, modules, classes, method, tgt, threshold)
     step = step_factory(n * steps_per_pass(job))
     _check_fits(net, int(np.prod(fed)), device)
@@ -138,13 +144,22 @@ def run_volumes(
     maps = {(ly, c): np.empty((n, *spatial), np.float32) for ly in modules for c in classes}
     with model_lock(net), eval_mode(net):
         for i in range(n):
-            x = torch.from_numpy(_padded(batch[i : i + 1], divisor)).to(device)
+            x = torch.from_numpy(_padded(batch[i : i + 1], fed)).to(device)
             t = tgt
             if isinstance(tgt, np.ndarray):
                 pad = [(0, 0), *((0, f - s) for f, s in zip(fed, spatial, strict=True))]
                 t = torch.from_numpy(np.pad(tgt[i : i + 1], pad)).to(device)
             part = {k: v[i : i + 1] for k, v in maps.items()}
-            explain_whole(replace(job, target=t), x, logits[i : i + 1], part, on_step=step)
+            try:
+                explain_whole(replace(job, target=t), x, logits[i : i + 1], part, on_step=step)
+            except UnetGradcamError:
+                raise
+            except (RuntimeError, ValueError) as exc:  # the network's own checks: sizes, channels
+                raise InputError(
+                    f"The network failed on the volume fed at {'x'.join(map(str, fed))} voxels ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); if its poolings need other multiples, set net.size_divisor "
+                    "(docs/models.md)."
+                ) from None
     return logits, maps, stack, spatial, rule, notes
 
 
