@@ -8,10 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .families import spatial_dims
-
 from .bundles import load_any
 from .checkpoint import default_model_path
+from .families import spatial_dims
 
 _cache: dict[tuple, nn.Module] = {}
 _lock = threading.Lock()

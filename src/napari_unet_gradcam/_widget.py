@@ -41,8 +41,8 @@ from ._layers import STACK_AXES, Snapshot, build_layers, iter_apply_layers, keep
 from ._models import describe, get_model
 from ._regions import image_shape, level_grid, region_mask
 from .errors import UnetGradcamError
-from .methods import METHODS
 from .families import family, layer_titles, propose_layers
+from .methods import METHODS
 from .model import ALL_LAYERS, DECODER_LAYERS
 from .pipeline import explain
 
