@@ -108,3 +108,16 @@ def test_2d_module_through_the_api_and_its_size_rule():
     np.testing.assert_allclose(res.cams["dec0", 2], reference_map("layercam", A, G)[0], rtol=2e-3, atol=1e-6)
     with pytest.raises(InputError, match="not multiples of 4x4.*pad it to 20x24"):
         explain(img[:, :22], net, layers=["dec0"])
+
+
+def test_deep_supervised_2d_module_tiled_equals_whole():
+    net = tiny3d(spatial_dims=2, seed=6, deep_supervision=True)
+    net.size_divisor = 4
+    img = np.random.default_rng(4).random((64, 48)).astype(np.float32)
+    kw = {"layers": ["dec1", "dec0"], "method": "gradcam", "normalize": "none", "preprocess": "none"}
+    whole = explain(img, net, **kw)
+    tiled = explain(img, net, tile_size=32, halo=16, **kw)
+    assert tiled.metadata["tile_size"] == 32
+    np.testing.assert_array_equal(tiled.labels, whole.labels)
+    for key, m in whole.cams.items():
+        np.testing.assert_allclose(tiled.cams[key], m, rtol=1e-4, atol=1e-5 * max(1.0, float(m.max())))

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from .engine import Job, forward_and_gradients, hooked, labels_from_logits, layer_stride, map_to_input
+from .engine import Job, forward_and_gradients, full_resolution, hooked, labels_from_logits, layer_stride, map_to_input
 from .fast_paths import run_net
 from .methods import Method, weighted_map
 from .model import DOWNSAMPLING
@@ -97,7 +97,7 @@ def explain_tiled(
         for core, ext in boxes:
             xt = x[..., ext[0] : ext[1], ext[2] : ext[3]]
             with hooked(net, modules, track=False) as acts:
-                logits = _core_in(run_net(net, xt), core, ext)
+                logits = _core_in(full_resolution(run_net(net, xt)), core, ext)
             labels[:, core[0] : core[1], core[2] : core[3]] = labels_from_logits(logits, threshold).to(torch.int16)
             _place(logits_out, logits, core, core, upsample=False)
             for name, a in acts.items():

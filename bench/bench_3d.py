@@ -1,0 +1,159 @@
+"""A 3-D U-Net on one volume: every decoder-layer x class map from one pass vs. one run per map.
+
+The network is MONAI's BasicUNet (3-D, small features), randomly initialised: speed and memory do
+not depend on the weights. Approaches, each in its own fresh process (so peak memory is its own):
+
+* predict: the forward pass alone;
+* one pass: this package's engine, 4 layers x 3 classes from one forward + one gradient call per class;
+* per (layer, class): the textbook recipe, fresh hook and full forward + backward for each map;
+* pytorch-grad-cam: its GradCAM, one per layer, one SemanticSegmentationTarget per class (skipped
+  when it is not installed; see bench/_shims.py for its torchvision stub).
+
+Before timing, each child's maps are checked against the one-pass maps (Pearson r, minimum over maps).
+
+    .venv/bin/python bench/bench_3d.py [--size 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+LAYERS = ("upcat_4", "upcat_3", "upcat_2", "upcat_1")
+CLASSES = (0, 1, 2)
+APPROACHES = ("predict", "one pass", "per (layer, class)", "pytorch-grad-cam")
+
+
+def build(size: int):
+    from monai.networks.nets import BasicUNet
+
+    torch.manual_seed(0)
+    net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=len(CLASSES), features=(8, 8, 16, 32, 64, 8)).eval()
+    x = torch.rand(1, 1, size, size, size)
+    x[..., size // 4 : size // 2, size // 4 : size // 2, size // 3 :] += 1.0
+    return net, x
+
+
+def one_pass(net, x):
+    from napari_unet_gradcam.engine import explain_tensor, map_to_input
+    from napari_unet_gradcam.methods import get_method
+
+    _, maps = explain_tensor(net, x, LAYERS, CLASSES, get_method("gradcam"), "predicted")
+    size = tuple(x.shape[2:])
+    return {k: map_to_input(m, size, size)[0].numpy() for k, m in maps.items()}
+
+
+def per_layer_class(net, x):
+    from napari_unet_gradcam.engine import map_to_input
+    from napari_unet_gradcam.methods import get_method
+
+    gradcam, maps, size = get_method("gradcam"), {}, tuple(x.shape[2:])
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    for layer in LAYERS:
+        module = dict(net.named_modules())[layer]
+        for c in CLASSES:
+            store = {}
+            h = module.register_forward_hook(lambda m, i, o, store=store: store.update(a=o) or o.retain_grad())
+            try:
+                net.zero_grad()
+                (net(x)[:, c] * (pred == c)).sum().backward()
+            finally:
+                h.remove()
+            maps[layer, c] = map_to_input(gradcam(store["a"].detach(), store["a"].grad), size, size)[0].numpy()
+    return maps
+
+
+def pytorch_grad_cam(net, x):
+    from _shims import install_torchvision_stub
+
+    install_torchvision_stub()
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    with torch.no_grad():
+        pred = net(x).argmax(1)[0]
+    maps = {}
+    for layer in LAYERS:
+        with GradCAM(model=net, target_layers=[dict(net.named_modules())[layer]]) as cam:
+            for c in CLASSES:
+                target = SemanticSegmentationTarget(c, (pred == c).float().numpy())
+                maps[layer, c] = cam(input_tensor=x, targets=[target])[0]
+    return maps
+
+
+def predict_only(net, x):
+    with torch.no_grad():
+        net(x)
+    return {}
+
+
+RUNS = {"predict": predict_only, "one pass": one_pass, "per (layer, class)": per_layer_class}
+RUNS["pytorch-grad-cam"] = pytorch_grad_cam
+
+
+def agreement(ref: dict, other: dict) -> float:
+    rs = [
+        np.corrcoef(ref[k].ravel(), np.asarray(other[k], np.float64).ravel())[0, 1]
+        for k in ref
+        if ref[k].std() > 0 and np.asarray(other[k]).std() > 0
+    ]
+    return min(rs) if rs else float("nan")
+
+
+def child(approach: str, size: int, rounds: int) -> dict:
+    net, x = build(size)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn = RUNS[approach]
+    maps = fn(net, x)  # warm-up, and the maps to check
+    r = agreement(one_pass(net, x), maps) if maps and approach != "one pass" else 1.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn(net, x)
+        times.append(time.perf_counter() - t)
+    return {"seconds": statistics.median(times), "peak_mib": (peak - base) / 1024, "r": r}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--child", choices=APPROACHES)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child, a.size, a.rounds)))
+        return
+    rows = {}
+    for approach in APPROACHES:
+        cmd = [sys.executable, __file__, "--child", approach, "--size", str(a.size), "--rounds", str(a.rounds)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            print(f"# {approach}: skipped ({done.stderr.strip().splitlines()[-1]})")
+            continue
+        rows[approach] = json.loads(done.stdout.strip().splitlines()[-1])
+    threads = torch.get_num_threads()
+    print(f"# BasicUNet 3-D (features 8-64), {a.size}^3 volume, {len(LAYERS)} layers x {len(CLASSES)} classes, CPU,")
+    print(f"# {threads} threads, median of {a.rounds}; memory: peak RSS of the run above the built network")
+    print("| approach | seconds | x predict | x one pass | peak MiB | min r vs one pass |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    t_pred, t_one = rows.get("predict", {}).get("seconds"), rows.get("one pass", {}).get("seconds")
+    for name, row in rows.items():
+        vs_pred = f"{row['seconds'] / t_pred:.2f}" if t_pred else "-"
+        vs_one = f"{row['seconds'] / t_one:.2f}" if t_one else "-"
+        print(f"| {name} | {row['seconds']:.2f} | {vs_pred} | {vs_one} | {row['peak_mib']:.0f} | {row['r']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
