@@ -1,7 +1,7 @@
 """A 3-D U-Net on one volume: every decoder-layer x class map from one pass vs. one run per map.
 
 The network is MONAI's BasicUNet (3-D, small features), randomly initialised: speed and memory do
-not depend on the weights. Approaches, each in its own fresh process (so peak memory is its own):
+not depend on the weights. The approaches:
 
 * predict: the forward pass alone;
 * one pass: this package's engine, 4 layers x 3 classes from one forward + one gradient call per class;
@@ -9,7 +9,8 @@ not depend on the weights. Approaches, each in its own fresh process (so peak me
 * pytorch-grad-cam: its GradCAM, one per layer, one SemanticSegmentationTarget per class (skipped
   when it is not installed; see bench/_shims.py for its torchvision stub).
 
-Before timing, each child's maps are checked against the one-pass maps (Pearson r, minimum over maps).
+Times are interleaved rounds in one process; peak memory is measured in a fresh process per
+approach. Before timing, each approach's maps are checked against the one-pass maps (Pearson r).
 
     .venv/bin/python bench/bench_3d.py [--size 64] [--rounds 3]
 """
@@ -111,53 +112,57 @@ def agreement(ref: dict, other: dict) -> float:
     return min(rs) if rs else float("nan")
 
 
-def child(approach: str, size: int, rounds: int) -> dict:
+def peak_memory(approach: str, size: int) -> float:
+    """MiB of peak RSS one run of ``approach`` adds to a fresh process that holds the network and volume."""
     net, x = build(size)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn = RUNS[approach]
-    maps = fn(net, x)  # warm-up, and the maps to check
-    ref = one_pass(net, x) if maps and approach != "one pass" else maps
-    r = agreement(ref, maps) if maps else 1.0
-    # The finest layer is on the input grid: no resampling, whose kinds differ (pytorch-grad-cam zooms
-    # coarse 3-D maps with cubic splines, this package interpolates trilinearly).
-    r_fine = agreement({k: v for k, v in ref.items() if k[0] == LAYERS[-1]}, maps) if maps else 1.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn(net, x)
-        times.append(time.perf_counter() - t)
-    return {"seconds": statistics.median(times), "peak_mib": (peak - base) / 1024, "r": r, "r_fine": r_fine}
+    RUNS[approach](net, x)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--child", choices=APPROACHES)
+    p.add_argument("--memory-of", choices=APPROACHES)
     a = p.parse_args()
-    if a.child:
-        print(json.dumps(child(a.child, a.size, a.rounds)))
+    if a.memory_of:
+        print(json.dumps(peak_memory(a.memory_of, a.size)))
         return
-    rows = {}
-    for approach in APPROACHES:
-        cmd = [sys.executable, __file__, "--child", approach, "--size", str(a.size), "--rounds", str(a.rounds)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            print(f"# {approach}: skipped ({done.stderr.strip().splitlines()[-1]})")
+    net, x = build(a.size)
+    runs, agree = {}, {}
+    ref = one_pass(net, x)
+    for name, fn in RUNS.items():
+        try:
+            maps = fn(net, x)  # warm-up, and the maps to check
+        except ImportError as exc:
+            print(f"# {name}: skipped ({exc})")
             continue
-        rows[approach] = json.loads(done.stdout.strip().splitlines()[-1])
-    threads = torch.get_num_threads()
+        runs[name] = fn
+        # The finest layer is on the input grid, so no resampling differs there (pytorch-grad-cam zooms
+        # coarse 3-D maps with cubic splines, this package interpolates trilinearly).
+        fine = {k: v for k, v in ref.items() if k[0] == LAYERS[-1]}
+        agree[name] = (agreement(ref, maps), agreement(fine, maps)) if maps else None
+    times = {name: [] for name in runs}
+    for _ in range(a.rounds):  # interleaved: the machine's drift hits every approach alike
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn(net, x)
+            times[name].append(time.perf_counter() - t)
+    memory = {}
+    for name in runs:
+        cmd = [sys.executable, __file__, "--memory-of", name, "--size", str(a.size)]
+        memory[name] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    med = {name: statistics.median(v) for name, v in times.items()}
     print(f"# BasicUNet 3-D (features 8-64), {a.size}^3 volume, {len(LAYERS)} layers x {len(CLASSES)} classes, CPU,")
-    print(f"# {threads} threads, median of {a.rounds}; memory: peak RSS of the run above the built network")
-    print(f"| approach | seconds | x predict | x one pass | peak MiB | min r: all maps, {LAYERS[-1]} |")
+    print(f"# {torch.get_num_threads()} threads; medians of {a.rounds} interleaved rounds; memory: peak RSS that")
+    print("# one run adds to a fresh process holding the network and the volume")
+    print(f"| approach | seconds | x predict | x one pass | peak MiB | min r vs one pass: all maps, {LAYERS[-1]} |")
     print("| --- | --- | --- | --- | --- | --- |")
-    t_pred, t_one = rows.get("predict", {}).get("seconds"), rows.get("one pass", {}).get("seconds")
-    for name, row in rows.items():
-        vs_pred = f"{row['seconds'] / t_pred:.2f}" if t_pred else "-"
-        vs_one = f"{row['seconds'] / t_one:.2f}" if t_one else "-"
-        r = f"{row['r']:.4f}, {row['r_fine']:.4f}"
-        print(f"| {name} | {row['seconds']:.2f} | {vs_pred} | {vs_one} | {row['peak_mib']:.0f} | {r} |")
+    for name in runs:
+        r = "-" if agree[name] is None else f"{agree[name][0]:.4f}, {agree[name][1]:.4f}"
+        ratios = f"{med[name] / med['predict']:.2f} | {med[name] / med['one pass']:.2f}"
+        print(f"| {name} | {med[name]:.2f} | {ratios} | {memory[name]:.0f} | {r} |")
 
 
 if __name__ == "__main__":
