@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -112,12 +111,23 @@ def agreement(ref: dict, other: dict) -> float:
     return min(rs) if rs else float("nan")
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def peak_memory(approach: str, size: int) -> float:
-    """MiB of peak RSS one run of ``approach`` adds to a fresh process that holds the network and volume."""
+    """MiB of peak RSS one run of ``approach`` adds to a fresh process that holds the network and volume.
+
+    The high-water mark is reset first (Linux's clear_refs): a child's ru_maxrss starts at the RSS
+    its parent had when it forked, which would hide the run's own peak.
+    """
     net, x = build(size)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
     RUNS[approach](net, x)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return (_status_kib("VmHWM") - base) / 1024
 
 
 def main() -> None:
