@@ -37,9 +37,10 @@ from .methods import Method
 from .normalize import normalize_maps
 from .run_plan import available_bytes
 
-#: Working bytes per voxel per feature channel of the first stage, explaining (a rough upper bound
-#: for U-Nets that double their features at each stage; bench/bench_3d.py measures the real figure).
-BYTES_PER_VOXEL_PER_FEATURE = 60
+#: Working bytes per voxel per feature channel of the first stage, explaining: bench/bench_3d.py
+#: measured 150 (a BasicUNet with 8 features, 4 layers x 3 classes, CPU: the slope of its peak
+#: memory from 32^3 to 48^3); 200 leaves a margin for U-Nets that double their features per stage.
+BYTES_PER_VOXEL_PER_FEATURE = 200
 
 
 def to_volumes(
