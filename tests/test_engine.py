@@ -21,6 +21,8 @@ def naive_activation_and_gradient(net, x, layer, cls, region):
     try:
         x = x.clone().requires_grad_(True)
         logits = net(x)
+        if isinstance(logits, (list, tuple)):  # deep supervision: the first head is full resolution
+            logits = logits[0]
         if logits.shape[1] == 1:
             score = (logits[:, 0] * region).sum() * (1 if cls == 1 else -1)
         else:
@@ -32,35 +34,40 @@ def naive_activation_and_gradient(net, x, layer, cls, region):
 
 
 def reference_map(name, A, G):
-    """Each method's formula in plain numpy, written from its paper (see docs/methods.md)."""
+    """Each method's formula in plain numpy, written from its paper (see docs/methods.md).
+
+    A and G are (B, C, h, w) or (B, C, d, h, w): every sum runs over all spatial axes.
+    """
     relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    space = tuple(range(2, A.ndim))
+    per_channel = (slice(None), slice(None)) + (None,) * len(space)
     if name == "gradcam":
-        w = G.mean(axis=(2, 3))
-        return relu(np.einsum("bc,bchw->bhw", w, A))
+        w = G.mean(axis=space)
+        return relu(np.einsum("bc,bc...->b...", w, A))
     if name == "hirescam":
         return relu((G * A).sum(1))
     if name == "gradcam++":
         g2, g3 = G**2, G**3
-        alpha = g2 / (2 * g2 + A.sum(axis=(2, 3))[:, :, None, None] * g3 + 1e-7)
+        alpha = g2 / (2 * g2 + A.sum(axis=space)[per_channel] * g3 + 1e-7)
         alpha = np.where(G != 0, alpha, 0)
-        w = (alpha * relu(G)).sum(axis=(2, 3))
-        return relu(np.einsum("bc,bchw->bhw", w, A))
+        w = (alpha * relu(G)).sum(axis=space)
+        return relu(np.einsum("bc,bc...->b...", w, A))
     if name == "xgradcam":
-        w = (G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7)
-        return relu(np.einsum("bc,bchw->bhw", w, A))
+        w = (G * A).sum(axis=space) / (A.sum(axis=space) + 1e-7)
+        return relu(np.einsum("bc,bc...->b...", w, A))
     if name == "layercam":
         return relu((relu(G) * A).sum(1))
     if name == "eigencam":
-        b, c, h, w = A.shape
+        b, c = A.shape[:2]
         out = []
         for i in range(b):
-            M = A[i].reshape(c, -1).T  # pixels x channels
+            M = A[i].reshape(c, -1).T  # positions x channels
             Mc = M - M.mean(0)
             _, _, vt = np.linalg.svd(Mc, full_matrices=False)
             proj = Mc @ vt[0]
             if np.corrcoef(proj, Mc.sum(1))[0, 1] < 0:
                 proj = -proj
-            out.append(relu(proj).reshape(h, w))
+            out.append(relu(proj).reshape(A.shape[2:]))
         return np.stack(out)
     raise AssertionError(name)
 

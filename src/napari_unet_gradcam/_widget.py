@@ -41,6 +41,7 @@ from ._layers import STACK_AXES, Snapshot, build_layers, iter_apply_layers, keep
 from ._models import describe, get_model
 from ._regions import image_shape, level_grid, region_mask
 from .errors import UnetGradcamError
+from .families import family, layer_titles, propose_layers
 from .methods import METHODS
 from .model import ALL_LAYERS, DECODER_LAYERS
 from .pipeline import explain
@@ -60,12 +61,14 @@ PREPROCESS = {
 }
 CHANNELS = {"as is": None, "grey (mean of R, G, B)": "grey", "red": 0, "green": 1, "blue": 2}
 BUNDLED = "bundled nuclei model"
+# The model sources: a checkpoint file, or a folder of another U-Net family (bundles.load_any).
+SOURCES = {BUNDLED: None, "checkpoint file": "r", "MONAI bundle folder": "d", "nnU-Net model folder": "d"}
 # Decoder first, so the layers a reviewer picks show without scrolling.
 LAYER_ORDER = list(DECODER_LAYERS) + [ly for ly in ALL_LAYERS if ly not in DECODER_LAYERS]
 
 TIPS = {
     "image": "The image layer to explain. Follows the active image layer; your pick survives renames.",
-    "model": "The bundled nuclei model, or a Pytorch-UNet checkpoint (.pth) of your own.",
+    "model": "The bundled nuclei model, a Pytorch-UNet checkpoint (.pth), a MONAI bundle or an nnU-Net model folder.",
     "checkpoint": "A .pth file saved by Pytorch-UNet's train.py or by this plugin. Loaded safely (weights only).",
     "layers": "Decoder layers to explain: up1 is coarse (context), up4 fine (edges). One map per layer and class.",
     "classes": "Classes to explain. None selected: labels only, no maps.",
@@ -164,10 +167,10 @@ class GradCamWidget(Container):
     # -- the form --------------------------------------------------------------------------------
     def _make_controls(self) -> None:
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
-        self.model = ComboBox(label="model", choices=[BUNDLED, "checkpoint file"], value=BUNDLED)
+        self.model = ComboBox(label="model", choices=list(SOURCES), value=BUNDLED)
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pth *.pt *.ckpt", visible=False)
         self.model_info = Label(label="loaded", value="")
-        self.layers = Select(label="decoder layers", choices=LAYER_ORDER, value=list(DECODER_LAYERS))
+        self.layers = Select(label="decoder layers", choices=self._layer_choices, value=list(DECODER_LAYERS))
         self.classes = Select(label="classes", choices=self._class_choices)
         self.method = ComboBox(label="method", choices=[(m.title, m.name) for m in METHODS.values()], value="gradcam")
         self.target = ComboBox(label="target", choices=list(TARGETS), value="predicted mask")
@@ -345,7 +348,15 @@ class GradCamWidget(Container):
     # -- model -----------------------------------------------------------------------------------
     def _on_model_choice(self, value) -> None:
         self.checkpoint.visible = value != BUNDLED
+        if SOURCES[value]:
+            self.checkpoint.mode = SOURCES[value]
         self._load_model()
+
+    def _layer_choices(self, _=None):
+        """Pytorch-UNet's modules by name; another family's decoder stages, coarse to fine, titled."""
+        if self._model is None or family(self._model) == "pytorch-unet":
+            return LAYER_ORDER
+        return [(title, name) for name, title in layer_titles(self._model).items()]
 
     def _checkpoint_path(self) -> str | None:
         if self.model.value == BUNDLED:
@@ -380,13 +391,16 @@ class GradCamWidget(Container):
         self.model_info.tooltip = self.model_info.value
         self.classes.reset_choices()
         self.classes.value = [c[1] for c in self._class_choices()]
+        self.layers.reset_choices()
+        if family(self._model) != "pytorch-unet":
+            self.layers.value = propose_layers(self._model)
         self._level_for = None  # the levels' memory estimates depend on the model's classes
         self._update_channel_choice()
 
     # -- running ---------------------------------------------------------------------------------
     def _params(self) -> dict:
         return {
-            "layers": tuple(ly for ly in LAYER_ORDER if ly in self.layers.value),
+            "layers": tuple(ly for ly in self.layers.choices if ly in self.layers.value),
             "classes": tuple(self.classes.value),
             "method": self.method.value,
             "normalize": NORMALIZE[self.normalize.value],

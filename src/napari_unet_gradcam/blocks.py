@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .engine import Job, forward_and_gradients, hooked, layer_stride, map_to_input
+from .engine import Job, forward_and_gradients, full_resolution, hooked, layer_stride, map_to_input
 from .fast_paths import run_net
 from .methods import Method, Stats, weighted_map
 
@@ -100,7 +100,7 @@ def forward_block(job: Job, x: torch.Tensor, core: Box, ext: Box) -> tuple[torch
     """
     sums = Sums()
     with torch.no_grad(), hooked(job.net, job.modules, track=False) as acts:
-        logits = core_of(run_net(job.net, x), core, ext)
+        logits = core_of(full_resolution(run_net(job.net, x)), core, ext)
     for name, a in acts.items():
         a_core = core_of(a, core, ext)
         sums.counts[name] = a_core.shape[-2] * a_core.shape[-1]

@@ -3,6 +3,10 @@
 Hooks live only inside :func:`hooked` and are removed in ``finally``. The forward pass runs
 without autograd until the first hooked module; its output becomes the root of the graph, so
 no graph is built through the encoder and no parameter gradient is ever computed.
+
+Everything here works on 2-D (B, C, H, W) and 3-D (B, C, D, H, W) tensors alike. A network whose
+output is a list, tuple or dict of tensors (deep supervision, as nnU-Net trains by default) is
+explained through its full-resolution head: :func:`full_resolution`.
 """
 
 from __future__ import annotations
@@ -42,9 +46,12 @@ def resolve_modules(net: nn.Module, layers: Sequence[str]) -> dict[str, nn.Modul
     out: dict[str, nn.Module] = {}
     for name in layers:
         if not name or name not in named:
+            milesial = DECODER_LAYERS if set(DECODER_LAYERS) <= set(named) else ()
+            decoder = getattr(net, "decoder_layers", None) or milesial
+            hint = f"use decoder layers {', '.join(decoder)} or another" if decoder else "use a"
             raise InputError(
-                f"Unknown layer {name!r}: use decoder layers {', '.join(DECODER_LAYERS)} or another module "
-                f"name of the network (e.g. 'down4', 'up2.conv')."
+                f"Unknown layer {name!r}: {hint} module name of the network (e.g. 'down4', 'up2.conv'; "
+                "dict(net.named_modules()) lists them)."
             )
         out[name] = named[name]
     return out
@@ -96,6 +103,25 @@ def hooked(net: nn.Module, modules: Mapping[str, nn.Module], track: bool) -> Ite
             h.remove()
 
 
+def full_resolution(out: Any) -> torch.Tensor:
+    """The logits of a network's output: the tensor itself, or the full-resolution head of several.
+
+    Deep-supervised networks (nnU-Net's default, MONAI's DynUNet in training) return one head per
+    decoder stage; the head with the most positions is the segmentation, and the first such head
+    wins a tie (nnU-Net lists the full-resolution head first). The other heads get no score.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    heads = list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, (list, tuple)) else []
+    heads = [h for h in heads if isinstance(h, torch.Tensor) and h.dim() >= 3]
+    if not heads:
+        raise InputError(
+            f"The network returned {type(out).__name__}, not a tensor of logits (or a list, tuple or dict of "
+            "them): wrap it in a module whose forward returns the (B, classes, ...) logits."
+        )
+    return max(heads, key=lambda h: h[0, 0].numel())
+
+
 def n_outputs(net: nn.Module) -> int:
     """Number of label values: a one-channel sigmoid model still has background and foreground."""
     return max(int(net.n_classes), 2)
@@ -125,7 +151,7 @@ def predicted(threshold: float = 0.5) -> Callable[[torch.Tensor, int], torch.Ten
     return region
 
 
-Valid = tuple[int, int]
+Valid = tuple[int, ...]  # the image's extent on each spatial axis
 
 
 def layer_stride(size: int, n: int) -> int:
@@ -137,26 +163,33 @@ def layer_stride(size: int, n: int) -> int:
     return 1 << max(0, math.floor(math.log2(size / n))) if n < size else 1
 
 
-def layer_valid(valid: Valid, fed: tuple[int, int], layer: tuple[int, int]) -> Valid:
+def layer_valid(valid: Valid, fed: tuple[int, ...], layer: tuple[int, ...]) -> Valid:
     """Positions of a layer's grid that cover at least one pixel of the valid (unpadded) image."""
-    sy, sx = (layer_stride(size, n) for size, n in zip(fed, layer, strict=True))
-    return min(layer[0], -(-valid[0] // sy)), min(layer[1], -(-valid[1] // sx))
+    return tuple(min(n, -(-v // layer_stride(size, n))) for v, size, n in zip(valid, fed, layer, strict=True))
 
 
-def map_to_input(m: torch.Tensor, fed: tuple[int, int], valid: Valid) -> torch.Tensor:
-    """A (B, n_h, n_w) layer map on the input grid (B, *valid): bilinear over the pixels it covers.
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def crop(t: torch.Tensor, valid: Valid) -> torch.Tensor:
+    """The leading ``valid`` positions of ``t``'s last ``len(valid)`` axes."""
+    return t[(..., *(slice(0, v) for v in valid))]
+
+
+def map_to_input(m: torch.Tensor, fed: tuple[int, ...], valid: Valid) -> torch.Tensor:
+    """A (B, *layer grid) map on the input grid (B, *valid): (bi/tri)linear over the pixels it covers.
 
     Positions beyond the last one a layer has (floored odd sizes) repeat the edge.
     """
-    n = m.shape[-2:]
-    covered = [k * layer_stride(size, k) for size, k in zip(fed, n, strict=True)]
+    n = tuple(m.shape[1:])
+    covered = tuple(k * layer_stride(size, k) for size, k in zip(fed, n, strict=True))
     up = m[:, None]
-    if tuple(covered) != tuple(n):
-        up = F.interpolate(up, size=tuple(covered), mode="bilinear", align_corners=False)
-    dy, dx = max(0, valid[0] - covered[0]), max(0, valid[1] - covered[1])
-    if dy or dx:
-        up = F.pad(up, (0, dx, 0, dy), mode="replicate")
-    return up[:, 0, : valid[0], : valid[1]]
+    if covered != n:
+        up = F.interpolate(up, size=covered, mode=_INTERPOLATION[len(n)], align_corners=False)
+    short = [max(0, v - c) for v, c in zip(valid, covered, strict=True)]
+    if any(short):
+        up = F.pad(up, [p for d in reversed(short) for p in (0, d)], mode="replicate")
+    return crop(up[:, 0], valid)
 
 
 def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -181,7 +214,7 @@ def class_seed(logits: torch.Tensor, cls: int, region: torch.Tensor) -> torch.Te
 
 
 def target_region(target, logits: torch.Tensor, cls: int) -> torch.Tensor:
-    """The pixel set of class ``cls``'s score: (B, H, W) bool on the logits' grid."""
+    """The pixel set of class ``cls``'s score: (B, *spatial) bool on the logits' grid."""
     if callable(target):
         return target(logits, cls)
     if isinstance(target, torch.Tensor):
@@ -209,8 +242,8 @@ def forward_and_gradients(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
     """Logits, hooked activations and, per (layer, class), the gradient of the class score.
 
-    ``valid`` (h, w): only the top-left (h, w) of ``x`` is image, the rest padding that no
-    class score includes.
+    ``valid`` (h, w) or (d, h, w): only that leading corner of ``x`` is image, the rest padding
+    that no class score includes.
 
     With ``on_class``, each class's gradients go to ``on_class(cls, activations, gradients)``
     as soon as they exist and are not kept: only one class's gradients are alive at a time,
@@ -219,7 +252,7 @@ def forward_and_gradients(
     """
     track = with_gradients and bool(modules) and bool(classes)
     with torch.no_grad(), hooked(net, modules, track) as acts:
-        logits = run_net(net, x)
+        logits = full_resolution(run_net(net, x))
     if on_step is not None:
         on_step()
     names = list(acts)
@@ -232,10 +265,10 @@ def forward_and_gradients(
         inputs = [acts[n] for n in names]
         for i, cls in enumerate(classes):
             region = target_region(target, logits, cls)
-            if valid is not None and tuple(valid) != tuple(logits.shape[-2:]):
-                region = region.clone()
-                region[..., valid[0] :, :] = False
-                region[..., :, valid[1] :] = False
+            if valid is not None and tuple(valid) != tuple(logits.shape[2:]):
+                inside = torch.zeros_like(region)
+                crop(inside, valid)[...] = True
+                region = region & inside
             seed = class_seed(logits, cls, region)
             gs = torch.autograd.grad(
                 logits, inputs, grad_outputs=seed, retain_graph=i < len(classes) - 1, allow_unused=True
@@ -264,15 +297,16 @@ def explain_tensor(
 ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """Logits and every (layer, class) map at its layer's resolution, from one forward pass.
 
-    With ``valid`` (h, w), the rest of ``x`` is padding: no score and no statistic includes it.
+    With ``valid`` (h, w) or (d, h, w), the rest of ``x`` is padding: no score and no statistic
+    includes it.
     """
     modules = resolve_modules(net, layers)
     maps: dict[tuple[str, int], torch.Tensor] = {}
-    fed = tuple(x.shape[-2:])
+    fed = tuple(x.shape[2:])
     valid = fed if valid is None else tuple(valid)
 
     def on_layer(a: torch.Tensor) -> Valid:
-        return layer_valid(valid, fed, tuple(a.shape[-2:]))
+        return layer_valid(valid, fed, tuple(a.shape[2:]))
 
     def take(cls: int, acts: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         for name in modules:
@@ -297,7 +331,7 @@ class Job:
     modules: Mapping[str, nn.Module]
     classes: Sequence[int]
     method: Any  # methods.Method
-    target: Any  # "predicted", "image", or a (B, h, w) bool tensor on the fed grid
+    target: Any  # "predicted", "image", or a (B, *spatial) bool tensor on the fed grid
     threshold: float = 0.5
 
 
@@ -309,16 +343,16 @@ def steps_per_pass(job: Job) -> int:
 def explain_whole(
     job: Job, x: torch.Tensor, logits_out: np.ndarray, maps_out: Mapping, on_step: Callable[[], None] | None = None
 ) -> None:
-    """Fill ``logits_out`` (B, K, h, w) and ``maps_out`` (B, h, w) from one pass over ``x``.
+    """Fill ``logits_out`` (B, K, *spatial) and ``maps_out`` (B, *spatial) from one pass over ``x``.
 
-    The contract of :func:`tiling.explain_tiled` too. (h, w) is the image inside ``x``, which
-    carries padding only where a side is below 16.
+    The contract of :func:`tiling.explain_tiled` too. ``spatial`` is the image inside ``x``, which
+    carries padding at the end of an axis only where the network needs a larger input.
     """
-    valid = logits_out.shape[-2:]
+    valid = tuple(logits_out.shape[2:])
     tgt = predicted(job.threshold) if isinstance(job.target, str) and job.target == "predicted" else job.target
     logits, raw = explain_tensor(
         job.net, x, list(job.modules), job.classes, job.method, tgt, valid=valid, on_step=on_step
     )
-    logits_out[...] = logits[..., : valid[0], : valid[1]].cpu().numpy()
+    logits_out[...] = crop(logits, valid).cpu().numpy()
     for k, m in raw.items():
-        maps_out[k][...] = map_to_input(m, tuple(x.shape[-2:]), valid).cpu().numpy()
+        maps_out[k][...] = map_to_input(m, tuple(x.shape[2:]), valid).cpu().numpy()

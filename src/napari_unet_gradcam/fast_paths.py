@@ -39,8 +39,10 @@ def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     backward) markedly faster (bench/bench_speed.py); copying the weights costs little next to
     one pass. Detached weights let the double convolutions take their lean backward
     (:func:`double_conv`). Hooks on the module's submodules fire as usual.
+
+    A 3-D (5-D) input runs in its own layout: channels-last here is measured for 2-D only.
     """
-    channels_last = x.device.type in ("cpu", "cuda")
+    channels_last = x.dim() == 4 and x.device.type in ("cpu", "cuda")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return functional_call(net, _frozen_params(net, channels_last), (x,))

@@ -1,13 +1,16 @@
 """Class-activation methods as small pure functions of activations A and gradients G.
 
-A and G have shape (B, C, h, w). Every map is ``relu(sum_k w_k A_k + b)`` for channel-weight
-methods, or an element-wise function of A and G for the local ones. Channel weights are built
-from spatial *sums*, so a tiled run can add the sums of its tiles and use one global weight per
-channel, exactly as an untiled run would (see ``tiling.py``). Formulas and papers: docs/methods.md.
+A and G have shape (B, C, *spatial): (B, C, h, w) for a 2-D network, (B, C, d, h, w) for a
+3-D one; every reduction runs over the spatial axes, whatever their number. Every map is
+``relu(sum_k w_k A_k + b)`` for channel-weight methods, or an element-wise function of A and G
+for the local ones. Channel weights are built from spatial *sums*, so a tiled run can add the
+sums of its tiles and use one global weight per channel, exactly as an untiled run would (see
+``tiling.py``). Formulas and papers: docs/methods.md.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,14 +20,23 @@ EPS = 1e-7
 Stats = dict[str, torch.Tensor]
 
 
+# sum_k w_k A_k for 2-D and 3-D activations, spelt out: the explicit subscripts keep the 2-D path as it was.
+_WEIGHTED = {4: "bc,bchw->bhw", 5: "bc,bcdhw->bdhw"}
+
+
 def _sum(t: torch.Tensor) -> torch.Tensor:
-    return t.sum(dim=(2, 3))
+    return t.sum(dim=tuple(range(2, t.dim())))
+
+
+def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (B, C) statistic shaped to broadcast against (B, C, *spatial)."""
+    return v.reshape(*v.shape, *(1,) * (like.dim() - 2))
 
 
 def weighted_map(A: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    cam = torch.einsum("bc,bchw->bhw", w, A)
+    cam = torch.einsum(_WEIGHTED.get(A.dim(), "bc,bc...->b..."), w, A)
     if b is not None:
-        cam = cam + b[:, None, None]
+        cam = cam + b.reshape(-1, *(1,) * (cam.dim() - 1))
     return torch.relu(cam)
 
 
@@ -50,7 +62,7 @@ def _grad_times_act(A: torch.Tensor, G: torch.Tensor, astats: Stats) -> Stats:
 
 def _gradcampp_stats(A: torch.Tensor, G: torch.Tensor, astats: Stats) -> Stats:
     g2 = G * G
-    alpha = g2 / (2 * g2 + astats["sum_a"][:, :, None, None] * g2 * G + EPS)
+    alpha = g2 / (2 * g2 + _per_channel(astats["sum_a"], G) * g2 * G + EPS)
     alpha = torch.where(G != 0, alpha, torch.zeros_like(alpha))
     return {"sum_alpha_relu_g": _sum(alpha * torch.relu(G))}
 
@@ -101,20 +113,21 @@ class Method:
     weights: Callable | None = None
 
     def __call__(
-        self, A: torch.Tensor, G: torch.Tensor | None = None, valid: tuple[int, int] | None = None
+        self, A: torch.Tensor, G: torch.Tensor | None = None, valid: tuple[int, ...] | None = None
     ) -> torch.Tensor:
-        """The map of one image, its statistics taken over the top-left ``valid`` positions.
+        """The map of one image, its statistics taken over the leading ``valid`` positions of each axis.
 
         Positions outside ``valid`` (padding) still get a map value but weigh in no statistic.
         """
         if self.local is not None:
             return self.local(A, G)
-        vh, vw = valid if valid is not None else A.shape[-2:]
-        Av = A[..., :vh, :vw]
-        Gv = G[..., :vh, :vw] if G is not None else None
+        valid = tuple(valid) if valid is not None else tuple(A.shape[2:])
+        crop = (..., *(slice(0, v) for v in valid))
+        Av = A[crop]
+        Gv = G[crop] if G is not None else None
         astats = self.act_stats(Av) if self.act_stats else {}
         gstats = self.grad_stats(Av, Gv, astats) if self.grad_stats else {}
-        w, b = self.weights(astats, gstats, vh * vw)
+        w, b = self.weights(astats, gstats, math.prod(valid))
         return weighted_map(A, w, b)
 
 

@@ -27,6 +27,7 @@ from .engine import (
     steps_per_pass,
 )
 from .errors import Cancelled, InputError
+from .families import check_image_size, default_layers, spatial_dims
 from .image import Prepared, network_size, pad_to, shrink_mask, upsample
 from .instances import classes_for_instances, instance_labels
 from .methods import Method, get_method
@@ -36,6 +37,7 @@ from .normalize import normalize_maps, scales
 from .run_plan import plan_run
 from .source import LazyImage, open_source
 from .tiling import ArraySink, explain_tiled, n_passes, round_halo
+from .volume import explain_volume, predict_volume
 
 Source = Prepared | LazyImage
 
@@ -188,6 +190,7 @@ def _run(
     modules = resolve_modules(net, layers)
     explaining = bool(modules) and bool(classes)
     n, (h, w) = src.n_slices, src.size
+    check_image_size(net, (h, w))
     width = int(getattr(net, "width", 64))
     passes = n_passes(method, explaining)
     plan = plan_run(
@@ -333,6 +336,14 @@ def _threshold(net: nn.Module, threshold: float | None) -> float:
     return t
 
 
+def _volume_in_ram(out) -> None:
+    if out is not None:
+        raise InputError(
+            "out= writes 2-D results to OME-Zarr; a 3-D network's results are returned in memory: "
+            "leave out= unset, or explain the volume in parts."
+        )
+
+
 def predict(
     image,
     net: nn.Module,
@@ -365,6 +376,13 @@ def predict(
     net = args.model(net)
     tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     t = _threshold(net, threshold)
+    if spatial_dims(net) == 3:
+        _volume_in_ram(out)
+        volume_args = {"tile_size": tile_size, "scale": scale, "threshold": t, "repeat_channels": repeat_channels}
+        return predict_volume(
+            args.image(image), net, preprocess, channel_axis=args.channel_axis(channel_axis), progress=progress,
+            cancel=cancel, **volume_args,
+        )  # fmt: skip
     where, check = destination(net, 0, False, args.memory_budget(memory_budget), out, [], t)
     src = open_source(
         args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale, check
@@ -416,7 +434,7 @@ def explain(
     """
     t0 = time.perf_counter()
     net = args.model(net)
-    layers = args.layers(layers)
+    layers = default_layers(net, args.layers(layers))
     tile_size, batch_size, halo = args.tile_size(tile_size), args.batch_size(batch_size), round_halo(args.halo(halo))
     m = get_method(method)
     class_idx = _class_indices(net, classes)
@@ -425,6 +443,13 @@ def explain(
     resolve_modules(net, layers)
     args.explained_modules(net, layers)
     t = _threshold(net, threshold)
+    if spatial_dims(net) == 3:
+        _volume_in_ram(out)
+        volume_args = {"tile_size": tile_size, "scale": scale, "threshold": t, "repeat_channels": repeat_channels}
+        return explain_volume(
+            args.image(image), net, layers, class_idx, m, target, preprocess, normalize,
+            channel_axis=args.channel_axis(channel_axis), progress=progress, cancel=cancel, **volume_args,
+        )  # fmt: skip
     keys = [(ly, c) for ly in layers for c in class_idx]
     where, check = destination(
         net, len(keys), out is None or probabilities, args.memory_budget(memory_budget), out, keys, t

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .families import conform
 
 
 def _whole(name: str, value, minimum: int) -> int:
@@ -79,13 +80,13 @@ def model(net) -> nn.Module:
     """The U-Net inside a DataParallel wrapper, refused with a fix if its weights are not float32."""
     if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         net = net.module
-    if not isinstance(net, nn.Module) or not hasattr(net, "n_channels"):
-        raise InputError("net must be a Pytorch-UNet model, e.g. from load_model().")
+    if not isinstance(net, nn.Module):
+        raise InputError("net must be a torch.nn.Module: a Pytorch-UNet from load_model(), or see docs/models.md.")
     dtypes = {p.dtype for p in net.parameters()}
     if dtypes and dtypes != {torch.float32}:
         names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
         raise InputError(f"The model's weights are {names}; explain and predict run float32: call net.float() first.")
-    return net
+    return conform(net)
 
 
 def explained_modules(net: nn.Module, names: Sequence[str]) -> None:
