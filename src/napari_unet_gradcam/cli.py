@@ -162,6 +162,8 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]]) -> in
                 f"{name}: {len(res.cams)} maps ({res.metadata['method_title']}), foreground {fg:.1%}{count}, "
                 f"{res.metadata['seconds']:.1f} s -> {', '.join(f.name for f in files)}"
             )
+            for warning in res.metadata["ood_warnings"]:
+                print(f"{name}: warning: {warning}")
         except UnetGradcamError as exc:
             failed += 1
             _fail(str(exc) if str(name) in str(exc) else f"{name}: {exc}")

@@ -31,6 +31,7 @@ from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps
+from .ood import check_image
 from .run_plan import check_result_size, plan_run
 from .tiling import explain_tiled, n_passes, round_halo
 
@@ -385,6 +386,7 @@ def explain(
         "model": model_identity(net),
         "version": __version__,
         "notes": list(prep.notes),
+        "ood_warnings": check_image(image, labels, names, scale=scale),  # docs/model-card.md
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return ExplainResult(labels, probabilities, cams, metadata)
