@@ -1,7 +1,7 @@
 """Does an image look unlike what the bundled nuclei model was trained on? Plain sentences, not errors.
 
-The bundled model learnt from synthetic fluorescence nuclei (dark background, bright nuclei of 4-36
-px radius, see docs/model-card.md). On images far from that its labels can look confident and
+The bundled model learnt from synthetic fluorescence nuclei (dark background, bright nuclei of 5-24
+px mean radius, see docs/model-card.md). On images far from that its labels can look confident and
 still be meaningless, so :func:`check_image` looks at the image and at the labels the model made
 and says what looks off and what to try. It is a pure function of its inputs: it never changes
 them and never raises for odd data; the checks apply only to a model with a ``nucleus`` class.
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-# What the training data spans (synthetic.generate with artefacts=True), with some margin.
-TRAINED_RADIUS = (4, 36)  # synthetic.generate(artefacts=True): mean nucleus radius of a field, in pixels
-RADIUS_RANGE = (3.5, 50.0)  # blob radius as the network sees it, measured in half-octave steps
+# What the shipped model's training data spans (train.DEFAULT_RECIPE), with some margin.
+TRAINED_RADIUS = (5, 24)  # synthetic.generate: mean nucleus radius of a field, in pixels
+RADIUS_RANGE = (3.5, 40.0)  # blob radius as the network sees it, measured in half-octave steps
 _CROP = 1024
 MAX_FOREGROUND = 0.75  # the densest training fields cover about 60-70% of the image
 MAX_SATURATED = 0.02  # fraction of nucleus pixels at the image's maximum value
