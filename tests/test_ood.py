@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from scipy import ndimage
 
 from napari_unet_gradcam import explain, load_model, predict, save_checkpoint
@@ -101,6 +102,8 @@ def test_explain_metadata_and_cli_line_carry_the_warning(tmp_path, capsys):
     res = explain(255 - _plain()[:96, :96], net, layers=["up4"], classes=[1])
     assert any("Most of the image is bright" in w for w in res.metadata["ood_warnings"])
     assert "ood_warnings" in res.to_json()
+    as_tensor = torch.tensor(255 - _plain()[:96, :96], requires_grad=True)  # the check reads a copy of the values
+    assert explain(as_tensor, net, layers=["up4"], classes=[1]).metadata["ood_warnings"] == res.metadata["ood_warnings"]
     ckpt = tmp_path / "tiny.pth"
     save_checkpoint(net, ckpt, preprocess={"mode": "percentile"})
     tifffile.imwrite(tmp_path / "inverted.tif", (255 - _plain()[:96, :96]).astype(np.uint8))

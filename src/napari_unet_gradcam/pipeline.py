@@ -386,7 +386,7 @@ def explain(
         "model": model_identity(net),
         "version": __version__,
         "notes": list(prep.notes),
-        "ood_warnings": check_image(image, labels, names, scale=scale),  # docs/model-card.md
+        "ood_warnings": check_image(args.image(image), labels, names, scale=scale),  # docs/model-card.md
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return ExplainResult(labels, probabilities, cams, metadata)
