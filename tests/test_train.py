@@ -13,9 +13,10 @@ from napari_unet_gradcam.train import train
 SMALL = {"n_train": 6, "n_val": 2, "batch": 2, "patch": 64, "width": 4}
 
 
-def test_same_seed_same_weights(tmp_path):
-    a = train(tmp_path / "a.pth", steps=6, seed=3, log=None, **SMALL)
-    train(tmp_path / "b.pth", steps=6, seed=3, log=None, **SMALL)
+@pytest.mark.parametrize("artefacts", [False, True])
+def test_same_seed_same_weights(tmp_path, artefacts):
+    a = train(tmp_path / "a.pth", steps=6, seed=3, log=None, artefacts=artefacts, **SMALL)
+    train(tmp_path / "b.pth", steps=6, seed=3, log=None, artefacts=artefacts, **SMALL)
     sa, sb = torch.load(tmp_path / "a.pth", weights_only=True), torch.load(tmp_path / "b.pth", weights_only=True)
     for k, v in sa["state_dict"].items():
         assert torch.equal(v, sb["state_dict"][k]), k
@@ -23,6 +24,7 @@ def test_same_seed_same_weights(tmp_path):
     net = load_model(tmp_path / "a.pth")
     assert net.class_names == ["background", "nucleus", "boundary"] and net.preprocess["mode"] == "percentile"
     assert net.training_record["recipe"]["seed"] == 3
+    assert net.training_record["source"]["artefacts"] is artefacts
 
 
 def test_train_on_user_folders(tmp_path):

@@ -504,7 +504,8 @@ class GradCamWidget(Container):
         present = any(source_id(ly) == snap.source_id for ly in self.viewer.layers)
         gone = "" if present else " (source layer was removed)"
         dev = next(self._model.parameters()).device if self._model is not None else "?"
-        return f"'{snap.name}'{gone}: {len(res.cams)} map(s), {len(made)} layer(s) in {seconds:.1f} s on {dev}."
+        ood = "".join(f" Warning: {w}" for w in res.metadata.get("ood_warnings", []))
+        return f"'{snap.name}'{gone}: {len(res.cams)} map(s), {len(made)} layer(s) in {seconds:.1f} s on {dev}.{ood}"
 
     def cancel(self, _=None) -> None:
         if self.runner.busy:

@@ -169,6 +169,8 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
                 f"{name}: {len(res.cams)} maps ({res.metadata['method_title']}), foreground {fg:.1%}{count}, "
                 f"{res.metadata['seconds']:.1f} s -> {', '.join(f.name for f in files)}"
             )
+            for warning in res.metadata["ood_warnings"]:
+                print(f"{name}: warning: {warning}")
         except UnetGradcamError as exc:
             failed += 1
             _fail(str(exc) if str(name) in str(exc) else f"{name}: {exc}")
@@ -243,7 +245,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import train
+    from .train import ARTEFACTS_RECIPE, train
 
     rec = train(
         args.out,
@@ -253,6 +255,7 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         width=args.width,
         threads=args.threads,
+        **(ARTEFACTS_RECIPE if args.artefacts else {}),
     )
     last = rec["history"][-1] if rec["history"] else {}
     print(f"Saved {args.out}: {rec['seconds']:.0f} s, validation {last}")
@@ -353,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--width", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--artefacts", action="store_true", help="synthetic data with real-stain artefacts (candidate)")
     return parser
 
 

@@ -34,6 +34,7 @@ from .methods import Method, get_method
 from .model import DECODER_LAYERS
 from .normalize import MODES as NORMALIZE_MODES
 from .normalize import normalize_maps, scales
+from .ood import check_image
 from .run_plan import plan_run
 from .source import LazyImage, open_source
 from .tiling import ArraySink, explain_tiled, n_passes, round_halo
@@ -488,6 +489,8 @@ def explain(
         "version": __version__,
         "notes": list(src.notes),
         "out": None if where.store is None else str(where.store.path),
+        # A lazy input is not read whole for a warning about its look (docs/large-data.md).
+        "ood_warnings": check_image(args.image(image), labels, names, scale=scale) if isinstance(src, Prepared) else [],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if where.store is not None:

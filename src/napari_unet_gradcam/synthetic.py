@@ -4,6 +4,10 @@ What a widefield or confocal DAPI/Hoechst image holds: nuclei of varied size, sh
 brightness, in clusters that touch, with chromatin texture and nucleoli; some out of focus; an
 uneven background; Poisson-Gaussian noise; stored as 8- or 16-bit. The labels are semantic
 (background, nucleus, nucleus boundary) so touching nuclei can be told apart.
+
+``artefacts=True`` adds what real DNA stains from other labs show (see ``_Artefacts``); the bundled
+model is trained with it. Its random draws come from a second stream, so the plain samples (napari's
+sample data, the tests) stay the same for a seed.
 """
 
 from __future__ import annotations
@@ -63,11 +67,104 @@ def _boundaries(instances: np.ndarray, width: int) -> np.ndarray:
     return (instances > 0) & ((hi != instances) | (lo != instances))
 
 
-def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
+class _Artefacts:
+    """What real DNA stains show beyond clean nuclei, each switched on per image at random.
+
+    Dome-shaped nuclei (a thick nucleus is dim at its rim, which annotators still count as nucleus),
+    dim cytoplasmic signal around each nucleus (bleed-through, autofluorescence; background),
+    micronuclei beside nuclei (labelled nucleus), debris specks and fibres (background), uneven
+    illumination, strong out-of-focus haze and detector saturation.
+    """
+
+    def __init__(self, seed: int, h: int, w: int):
+        self.rng = rng = np.random.default_rng([seed, 18])
+        self.radius_mean = float(np.exp(rng.uniform(np.log(4), np.log(36))))  # 10x to 60x objectives
+        self.dome = rng.uniform(0.15, 0.7) if rng.random() < 0.6 else None
+        self.cytoplasm = rng.uniform(0.05, 0.4) if rng.random() < 0.4 else None
+        self.micronuclei = int(rng.integers(1, 8)) if rng.random() < 0.35 else 0
+        self.debris = int(rng.integers(2, 15)) if rng.random() < 0.3 else 0
+        self.vignette = rng.uniform(0.2, 0.6) if rng.random() < 0.4 else 0.0
+        self.haze = rng.uniform(0.05, 0.4) if rng.random() < 0.4 else 0.0
+        self.saturate = rng.uniform(1.2, 3.0) if rng.random() < 0.2 else 1.0
+        self.h, self.w = h, w
+
+    def shade(self, mask: np.ndarray, r: float) -> np.ndarray:
+        """A nucleus' thickness profile: flat to a dome, dim at the rim."""
+        if self.dome is None:
+            return np.ones(mask.shape, np.float32)
+        d = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] / max(r, 1.0)
+        thick = np.sqrt(1 - np.clip(1 - d, 0, 1) ** 2)
+        return (self.dome + (1 - self.dome) * thick).astype(np.float32)
+
+    def cells(self, instances: np.ndarray, signal: np.ndarray) -> np.ndarray:
+        """Dim, textured cell bodies around the nuclei (label: background)."""
+        if self.cytoplasm is None or not instances.any():
+            return np.zeros(instances.shape, np.float32)
+        rng = self.rng
+        dist, idx = ndimage.distance_transform_edt(instances == 0, return_indices=True)
+        owner = instances[idx[0], idx[1]]
+        reach = self.radius_mean * rng.uniform(0.5, 1.6) * (1 + 0.35 * _smooth_noise(rng, instances.shape, 6))
+        body = (dist > 0) & (dist < reach)
+        level = np.clip(rng.lognormal(0, 0.3, int(instances.max()) + 1), 0.4, 1.6).astype(np.float32)
+        tex = 1 + rng.uniform(0.1, 0.5) * _smooth_noise(rng, instances.shape, rng.uniform(1, 3))
+        fg = signal[instances > 0]
+        ref = float(np.median(fg)) if fg.size else 1.0
+        return _blur(body * level[owner] * tex * self.cytoplasm * ref, 1.0).clip(0, None).astype(np.float32)
+
+    def add_micronuclei(self, instances: np.ndarray, signal: np.ndarray) -> None:
+        """Small round nuclei a few pixels beside a nucleus; they are nuclei in the labels."""
+        rng, label = self.rng, int(instances.max())
+        if not label:
+            return
+        dist = ndimage.distance_transform_edt(instances == 0)
+        ys, xs = np.nonzero((dist > 2) & (dist < 3 + 0.4 * self.radius_mean))
+        ref = float(np.median(signal[instances > 0]))
+        for _ in range(min(self.micronuclei, len(ys))):
+            k = rng.integers(len(ys))
+            r = float(np.clip(self.radius_mean * rng.uniform(0.12, 0.3), 1.5, 5))
+            spot = np.zeros(instances.shape, np.float32)
+            _disk(spot, (int(ys[k]), int(xs[k])), round(r), 1.0)
+            spot = (spot > 0) & (instances == 0)
+            if spot.any():
+                label += 1
+                instances[spot] = label
+                signal[spot] = ref * rng.uniform(0.7, 1.5)
+
+    def add_debris(self, signal: np.ndarray) -> None:
+        """Sharp bright specks and thin fibres: dust and precipitate, not nuclei."""
+        rng, h, w = self.rng, self.h, self.w
+        ref = float(signal.max()) or 1.0
+        dots = np.zeros(signal.shape, np.float32)
+        for _ in range(self.debris):
+            y, x = int(rng.integers(h)), int(rng.integers(w))
+            if rng.random() < 0.6:
+                dots[y, x] = ref * rng.uniform(3, 12)
+            else:
+                n = int(rng.integers(10, 50))
+                angle = np.cumsum(rng.normal(0, 0.15, n)) + rng.uniform(0, 2 * np.pi)
+                py = np.clip(y + np.cumsum(np.sin(angle)), 0, h - 1).astype(int)
+                px = np.clip(x + np.cumsum(np.cos(angle)), 0, w - 1).astype(int)
+                dots[py, px] = ref * rng.uniform(0.3, 1.0)
+        signal += _blur(dots, 0.6)
+
+    def illumination(self) -> np.ndarray:
+        if not self.vignette:
+            return np.ones((self.h, self.w), np.float32)
+        rng = self.rng
+        yy, xx = np.mgrid[: self.h, : self.w].astype(np.float32)
+        cy, cx = rng.uniform(-0.3, 1.3) * self.h, rng.uniform(-0.3, 1.3) * self.w
+        d2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / float(self.h**2 + self.w**2)
+        return np.clip(1 - self.vignette * 2 * d2, 0.2, 1)
+
+
+def generate(seed: int, shape: tuple[int, int] = (256, 256), artefacts: bool = False) -> Sample:
     """One image and its labels; the same seed always gives the same sample."""
     rng = np.random.default_rng(seed)
     h, w = shape
     radius_mean = rng.uniform(5, 24)  # pixel size varies between microscopes and objectives
+    extra = _Artefacts(seed, h, w) if artefacts else None
+    if extra is not None:
+        radius_mean = extra.radius_mean
     density = rng.uniform(0.15, 0.75)  # fraction of the area the nuclei would cover
     n = int(density * h * w / (np.pi * radius_mean**2))
     n_clusters = max(1, int(rng.integers(1, 6)))
@@ -77,7 +174,7 @@ def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
     signal = np.zeros(shape, np.float32)
     label = 0
     for _ in range(n):
-        r = float(np.clip(rng.normal(radius_mean, radius_mean * 0.2), 3, 30))
+        r = float(np.clip(rng.normal(radius_mean, radius_mean * 0.2), 3, 30 if extra is None else 45))
         mitotic = rng.random() < 0.05  # condensed chromatin: small and far brighter than the rest
         if mitotic:
             r *= 0.6
@@ -106,14 +203,26 @@ def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
             py, px = rng.integers(0, m.shape[0]), rng.integers(0, m.shape[1])
             _disk(nucleoli, (int(py), int(px)), max(1, int(r / 5)), float(rng.uniform(0.4, 0.8)))
         patch = (m * tex * nucleoli * bright).astype(np.float32)
+        if extra is not None:
+            patch *= extra.shade(m, r)
         if rng.random() < 0.25:  # out of the focal plane
             patch = _blur(patch, rng.uniform(1.0, 3.0))
         signal[ys, xs] = np.where(m, patch, np.maximum(signal[ys, xs], patch))
+    if extra is not None:
+        if extra.micronuclei:
+            extra.add_micronuclei(instances, signal)
+        signal += extra.cells(instances, signal)
+        if extra.debris:
+            extra.add_debris(signal)
     signal = _blur(np.clip(signal, 0, None), rng.uniform(0.5, 1.5))
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     gradient = (rng.uniform(-1, 1) * yy / h + rng.uniform(-1, 1) * xx / w) * rng.uniform(0, 0.15)
     background = rng.uniform(0.02, 0.25) + gradient + 0.05 * rng.uniform(0, 1) * _smooth_noise(rng, shape, 20)
     clean = np.clip(signal + np.clip(background, 0, None) + 0.08 * rng.random() * _blur(signal, 8), 0, None)
+    if extra is not None:
+        if extra.haze:
+            clean += extra.haze * _blur(signal, extra.rng.uniform(4, 15))
+        clean *= extra.illumination()
     photons = rng.uniform(15, 400)  # signal to noise varies from dim live imaging to bright fixed cells
     noisy = rng.poisson(clean * photons).astype(np.float32) / photons
     noisy += rng.normal(0, rng.uniform(0.005, 0.04), shape).astype(np.float32)
@@ -124,7 +233,8 @@ def generate(seed: int, shape: tuple[int, int] = (256, 256)) -> Sample:
     else:
         top, dtype = rng.uniform(1000, 65535), np.uint16
     offset = rng.uniform(0, 0.1) * top
-    image = np.clip(offset + noisy / max(float(np.percentile(noisy, 99.9)), 1e-3) * (top - offset) * 0.9, 0, top)
+    gain = 0.9 * (extra.saturate if extra is not None else 1.0)  # above 1: the brightest nuclei saturate
+    image = np.clip(offset + noisy / max(float(np.percentile(noisy, 99.9)), 1e-3) * (top - offset) * gain, 0, top)
     classes = (instances > 0).astype(np.uint8)
     classes[_boundaries(instances, 1 if radius_mean < 9 else 2)] = 2
     return Sample(image.astype(dtype), instances, classes)

@@ -36,7 +36,11 @@ DEFAULT_RECIPE = {
     "n_val": 16,
     "seed": 0,
     "class_weights": [1.0, 1.0, 2.5],
+    "artefacts": False,
 }
+# A candidate recipe, not the shipped one yet: the generator's real-stain artefacts (cytoplasmic
+# signal, micronuclei, debris, saturation... see synthetic._Artefacts) on more images.
+ARTEFACTS_RECIPE = {"artefacts": True, "n_train": 480}
 _VAL_SEED_OFFSET = 1_000_000
 
 
@@ -44,8 +48,10 @@ def _normalise(img: np.ndarray) -> np.ndarray:
     return apply_preprocess(img.astype(np.float32)[None], dict(PREPROCESS))[0]
 
 
-def synthetic_set(n: int, seed: int, shape=(256, 256)) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    samples = [generate(seed + i, shape) for i in range(n)]
+def synthetic_set(
+    n: int, seed: int, shape=(256, 256), artefacts: bool = False
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    samples = [generate(seed + i, shape, artefacts=artefacts) for i in range(n)]
     return [_normalise(s.image) for s in samples], [s.classes.astype(np.int64) for s in samples]
 
 
@@ -202,10 +208,14 @@ def train(
         class_names = ["background"] + [f"class {v}" for v in mask_values[1:]]
         source = {"images": str(images), "masks": str(masks), "n_images": len(all_imgs)}
     else:
-        tr_i, tr_m = synthetic_set(recipe["n_train"], recipe["seed"])
-        va_i, va_m = synthetic_set(recipe["n_val"], recipe["seed"] + _VAL_SEED_OFFSET)
+        tr_i, tr_m = synthetic_set(recipe["n_train"], recipe["seed"], artefacts=recipe["artefacts"])
+        va_i, va_m = synthetic_set(recipe["n_val"], recipe["seed"] + _VAL_SEED_OFFSET, artefacts=recipe["artefacts"])
         mask_values, class_names = [0, 1, 2], list(CLASS_NAMES)
-        source = {"synthetic": "napari_unet_gradcam.synthetic.generate", "n_train": recipe["n_train"]}
+        source = {
+            "synthetic": "napari_unet_gradcam.synthetic.generate",
+            "n_train": recipe["n_train"],
+            "artefacts": recipe["artefacts"],
+        }
     n_classes = len(mask_values)
     net = UNet(1, n_classes, bilinear=recipe["bilinear"], width=recipe["width"])
     weights = torch.tensor((recipe["class_weights"] + [1.0] * n_classes)[:n_classes])
