@@ -18,6 +18,9 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[testing]"
+	# nnU-Net's network package, for tests/test_families_loaders.py: --no-deps, as its timm would pull
+	# a torchvision that replaces the pinned torch (the U-Nets need only torch and numpy)
+	$(BIN)/python -m pip install -q --no-deps "dynamic-network-architectures>=0.4"
 	touch $@
 
 install: $(VENV)/.installed
