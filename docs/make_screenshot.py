@@ -3,6 +3,7 @@
 screenshot.png          after one run (Grad-CAM, the bundled model)
 screenshot-grid.png     Grad-CAM kept as run #1, then HiResCAM, compared in the grid
 screenshot-1366.png     the same window at 1366x768, to check the widget fits a laptop screen
+screenshot-checks.png   Check maps on the HiResCAM run: the table and the curves docked
 
 QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshot.py
 """
@@ -46,6 +47,13 @@ def main() -> None:
     viewer.window.resize(1366, 768)
     settle()
     viewer.screenshot(str(OUT / "screenshot-1366.png"), canvas_only=False, flash=False)
+    print(widget.status.value)
+    viewer.window.resize(1500, 950)
+    widget.toggle_grid()
+    settle(lambda: not widget.grid.active and widget.grid_btn.enabled)
+    widget.check_maps()
+    settle(idle, seconds=1.0)
+    viewer.screenshot(str(OUT / "screenshot-checks.png"), canvas_only=False, flash=False)
     print(widget.status.value)
     viewer.close()
 

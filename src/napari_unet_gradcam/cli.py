@@ -171,21 +171,23 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
             )
             for warning in res.metadata["ood_warnings"]:
                 print(f"{name}: warning: {warning}")
-        except UnetGradcamError as exc:
+        except Exception as exc:  # one input's failure must not cost the rest of the batch
             failed += 1
-            _fail(str(exc) if str(name) in str(exc) else f"{name}: {exc}")
-        except MemoryError:
-            failed += 1
-            _fail(f"{name}: out of memory; pass --tile-size 512 (or smaller).")
-        except OSError as exc:  # writing: disk full, permissions, a folder where an output goes
-            failed += 1
-            _fail(f"{name}: could not write its outputs ({exc}); nothing was left for it. Check the --out folder.")
-        except Exception as exc:  # one input's surprise must not cost the rest of the batch
-            if args.debug:
-                raise
-            failed += 1
-            _fail(f"{name}: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+            _fail(failure_line(name, exc, args.debug))
     return failed
+
+
+def failure_line(name: str, exc: Exception, debug: bool) -> str:
+    """The one line a batch prints for an input that failed; with --debug a surprise is raised instead."""
+    if isinstance(exc, UnetGradcamError):
+        return str(exc) if str(name) in str(exc) else f"{name}: {exc}"
+    if isinstance(exc, MemoryError):
+        return f"{name}: out of memory; pass --tile-size 512 (or smaller)."
+    if isinstance(exc, OSError):  # writing: disk full, permissions, a folder where an output goes
+        return f"{name}: could not write its outputs ({exc}); nothing was left for it. Check the --out folder."
+    if debug:
+        raise exc
+    return f"{name}: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
 
 
 def _check(net, image, res, layout: dict, bar):

@@ -124,7 +124,7 @@ def explain_files_on_cluster(args: argparse.Namespace, images: list[tuple[str, o
     A ``.zarr`` input is one large image: its blocks are spread over the cluster (``cluster_graph``),
     after the other files, one zarr image at a time.
     """
-    from .cli import _fail
+    from .cli import _fail, failure_line
 
     large = [name for name, _, _ in images if Path(name).suffix.lower() == ".zarr"]
     images = [im for im in images if im[0] not in large]
@@ -159,12 +159,7 @@ def explain_files_on_cluster(args: argparse.Namespace, images: list[tuple[str, o
         for name in large:
             try:
                 _explain_large(client, args, spec, name, show)
-            except UnetGradcamError as exc:
+            except Exception as exc:  # one input's failure must not cost the rest of the batch
                 failed += 1
-                _fail(str(exc) if name in str(exc) else f"{name}: {exc}")
-            except Exception as exc:  # one input's surprise must not cost the rest of the batch
-                if args.debug:
-                    raise
-                failed += 1
-                _fail(f"{name}: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+                _fail(failure_line(name, exc, args.debug))
     return failed

@@ -471,31 +471,40 @@ def explain(
         ranges = scales(where.store.map_ranges(), normalize)
         cams = {k: lazy_normalized(v, ranges[k], normalize) for k, v in raw.items()}
     names = class_names(net)
-    metadata = {
-        "method": m.name,
-        "method_title": m.title,
-        "target": target if isinstance(target, str) else ("pixel" if isinstance(target, tuple) else "mask"),
-        "layers": list(layers),
-        "classes": [{"index": c, "name": names[c]} for c in class_idx],
-        "class_names": names,
-        "preprocess": src.preprocess,
-        "normalize": normalize,
-        "ranges": {f"{ly}/{c}": r for (ly, c), r in ranges.items()},
-        "scale": scale,
-        "threshold": t if int(net.n_classes) == 1 else None,
-        "tile_size": tile,
-        "halo": halo if tile else None,
-        "model": model_identity(net),
-        "version": __version__,
-        "notes": list(src.notes),
-        "out": None if where.store is None else str(where.store.path),
+    metadata = run_metadata(m, target, layers, class_idx, names, src.preprocess, normalize, ranges, t, net)
+    metadata.update(
+        scale=scale,
+        tile_size=tile,
+        halo=halo if tile else None,
+        notes=list(src.notes),
+        out=None if where.store is None else str(where.store.path),
         # A lazy input is not read whole for a warning about its look (docs/large-data.md).
-        "ood_warnings": check_image(args.image(image), labels, names, scale=scale) if isinstance(src, Prepared) else [],
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+        ood_warnings=check_image(args.image(image), labels, names, scale=scale) if isinstance(src, Prepared) else [],
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     if where.store is not None:
         where.store.finish(metadata)
     return ExplainResult(labels, probs, cams, metadata)
+
+
+def run_metadata(
+    m: Method, target, layers, class_idx, names, preprocess, normalize, ranges, threshold, net, point="pixel"
+) -> dict:
+    """The metadata every explain() result carries, 2-D or 3-D (docs/images.md lists the keys)."""
+    return {
+        "method": m.name,
+        "method_title": m.title,
+        "target": target if isinstance(target, str) else (point if isinstance(target, tuple) else "mask"),
+        "layers": list(layers),
+        "classes": [{"index": c, "name": names[c]} for c in class_idx],
+        "class_names": names,
+        "preprocess": preprocess,
+        "normalize": normalize,
+        "ranges": {f"{ly}/{c}": r for (ly, c), r in ranges.items()},
+        "threshold": threshold if int(net.n_classes) == 1 else None,
+        "model": model_identity(net),
+        "version": __version__,
+    }
 
 
 def model_identity(net: nn.Module) -> dict:

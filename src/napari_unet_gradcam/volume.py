@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._version import __version__
 from .engine import (
     Job,
     eval_mode,
@@ -193,7 +192,7 @@ def predict_volume(image, net: nn.Module, preprocess, *, progress, cancel, **kw)
 
 def explain_volume(image, net, layers, class_idx, method, target, preprocess, normalize, *, progress, cancel, **kw):
     """explain() on a 3-D network; the pipeline's checks of its arguments are already done."""
-    from .pipeline import ExplainResult, model_identity
+    from .pipeline import ExplainResult, run_metadata
 
     t0 = time.perf_counter()
     threshold = kw["threshold"]
@@ -203,21 +202,8 @@ def explain_volume(image, net, layers, class_idx, method, target, preprocess, no
     labels, probabilities, cams = finish_volumes(net, logits, raw, stack, threshold)
     ranges = normalize_maps(cams, normalize)
     names = list(getattr(net, "class_names", None) or [str(i) for i in range(n_outputs(net))])
-    metadata = {
-        "method": method.name,
-        "method_title": method.title,
-        "target": target if isinstance(target, str) else ("voxel" if isinstance(target, tuple) else "mask"),
-        "layers": list(layers),
-        "classes": [{"index": c, "name": names[c]} for c in class_idx],
-        "class_names": names,
-        "preprocess": rule,
-        "normalize": normalize,
-        "ranges": {f"{ly}/{c}": r for (ly, c), r in ranges.items()},
-        "spatial_dims": 3,
-        "threshold": threshold if int(net.n_classes) == 1 else None,
-        "model": model_identity(net),
-        "version": __version__,
-        "notes": notes,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    metadata = run_metadata(
+        method, target, layers, class_idx, names, rule, normalize, ranges, threshold, net, point="voxel"
+    )
+    metadata.update(spatial_dims=3, notes=notes, seconds=round(time.perf_counter() - t0, 3))
     return ExplainResult(labels, probabilities, cams, metadata)
