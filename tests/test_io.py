@@ -103,3 +103,12 @@ def test_unopenable_image_is_an_input_error_not_a_write_error(tmp_path, monkeypa
     monkeypatch.setattr("builtins.open", refuse)
     with pytest.raises(InputError, match="p.png: could not be opened \\(Permission denied\\)"):
         read_image(tmp_path / "p.png")
+
+
+def test_a_zarr_folder_names_the_way_to_explain_it(tmp_path):
+    (tmp_path / "big.zarr").mkdir()
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match=r"big\.zarr: a zarr image is read block by block.*--workers"):
+        read_image(tmp_path / "big.zarr")
+    with pytest.raises(InputError, match="is a directory, not an image"):
+        read_image(tmp_path / "plain")

@@ -31,6 +31,11 @@ def read_image(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.nd
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file.")
+    if path.is_dir() and path.suffix.lower() == ".zarr":  # docs/large-data.md
+        raise InputError(
+            f"{path}: a zarr image is read block by block: on the command line add --workers 1 (or more); "
+            "from Python pass zarr.open(...) to explain(..., out=...)."
+        )
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image.")
     suffix = path.suffix.lower()
