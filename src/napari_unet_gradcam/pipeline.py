@@ -508,11 +508,13 @@ def run_metadata(
 
 
 def model_identity(net: nn.Module) -> dict:
-    return {
+    identity = {
+        "class": type(net).__name__,
         "sha256": getattr(net, "checkpoint_sha256", None),
         "path": getattr(net, "checkpoint_path", None),
         "n_channels": int(net.n_channels),
         "n_classes": int(net.n_classes),
-        "width": int(getattr(net, "width", 64)),
-        "bilinear": bool(getattr(net, "bilinear", False)),
     }
+    if hasattr(net, "bilinear"):  # Pytorch-UNet's own knobs (upstream's class has no width: it is 64)
+        identity.update(width=int(getattr(net, "width", 64)), bilinear=bool(net.bilinear))
+    return identity
