@@ -97,6 +97,9 @@ def test_volume_refusals_name_the_fix(vol, monkeypatch):
     monkeypatch.setattr("napari_unet_gradcam.volume.available_bytes", lambda device: 1 << 20)
     with pytest.raises(InputError, match="3-D tiling is not supported yet"):
         explain(vol, net, layers=["dec0"])
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="out= writes 2-D results"):
+        explain(vol, net, layers=["dec0"], out="results.ome.zarr")
 
 
 def test_2d_module_through_the_api_and_its_size_rule():
@@ -108,6 +111,10 @@ def test_2d_module_through_the_api_and_its_size_rule():
     np.testing.assert_allclose(res.cams["dec0", 2], reference_map("layercam", A, G)[0], rtol=2e-3, atol=1e-6)
     with pytest.raises(InputError, match="not multiples of 4x4.*pad it to 20x24"):
         explain(img[:, :22], net, layers=["dec0"])
+    # Pytorch-UNet's width and bilinear are not reported for a network that has neither.
+    assert res.metadata["model"] == {
+        "class": "TinyUNet", "sha256": None, "path": None, "n_channels": 1, "n_classes": 3
+    }  # fmt: skip
 
 
 def test_deep_supervised_2d_module_tiled_equals_whole():
