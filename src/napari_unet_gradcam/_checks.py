@@ -53,7 +53,18 @@ def compute(run: LastRun, progress, cancel) -> MapChecks:
     from .faithfulness import check_maps
 
     target = run.target if isinstance(run.target, np.ndarray) else None
-    return check_maps(run.image, run.net, run.result, target=target, rgb=run.rgb, progress=progress, cancel=cancel)
+    checks = check_maps(run.image, run.net, run.result, target=target, rgb=run.rgb, progress=progress, cancel=cancel)
+    _import_plotting()
+    return checks
+
+
+def _import_plotting() -> None:
+    """Import matplotlib here, in the worker: its first import (about 1 s) would stall napari's main thread."""
+    try:
+        import matplotlib.figure  # noqa: F401
+        from matplotlib.backends import backend_qtagg  # noqa: F401
+    except ImportError:  # the dock says what to install
+        pass
 
 
 def annotate_layers(viewer, run: LastRun, checks: MapChecks) -> int:
