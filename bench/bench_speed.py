@@ -32,13 +32,13 @@ LAYERS = ("up1", "up2", "up3", "up4")
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def naive_recipe(net, x, classes):
-    """The common recipe: fresh hooks and a full forward + backward for every (layer, class)."""
+def naive_recipe(net, x, classes, layers=LAYERS):
+    """The common recipe: fresh hooks and a full forward + backward for every (layer, class); 2-D or 3-D."""
     gradcam = get_method("gradcam")
     maps = {}
     with torch.no_grad():
         pred = net(x).argmax(1)
-    for layer in LAYERS:
+    for layer in layers:
         module = dict(net.named_modules())[layer]
         for c in classes:
             store = {}
