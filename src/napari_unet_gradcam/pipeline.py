@@ -444,20 +444,19 @@ def explain(
     resolve_modules(net, layers)
     args.explained_modules(net, layers)
     t = _threshold(net, threshold)
+    image = args.image(image)
     if spatial_dims(net) == 3:
         _volume_in_ram(out)
         volume_args = {"tile_size": tile_size, "scale": scale, "threshold": t, "repeat_channels": repeat_channels}
         return explain_volume(
-            args.image(image), net, layers, class_idx, m, target, preprocess, normalize,
+            image, net, layers, class_idx, m, target, preprocess, normalize,
             channel_axis=args.channel_axis(channel_axis), progress=progress, cancel=cancel, **volume_args,
         )  # fmt: skip
     keys = [(ly, c) for ly in layers for c in class_idx]
     where, check = destination(
         net, len(keys), out is None or probabilities, args.memory_budget(memory_budget), out, keys, t
     )
-    src = open_source(
-        args.image(image), net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale, check
-    )
+    src = open_source(image, net, preprocess, args.channel_axis(channel_axis), rgb, repeat_channels, scale, check)
     tgt = _target_mask(target, src, src.size)
     logits, raw, tile = _run(
         net, src, layers, class_idx, m, tgt, tile_size, halo, batch_size, t, progress, cancel, where
@@ -479,7 +478,7 @@ def explain(
         notes=list(src.notes),
         out=None if where.store is None else str(where.store.path),
         # A lazy input is not read whole for a warning about its look (docs/large-data.md).
-        ood_warnings=check_image(args.image(image), labels, names, scale=scale) if isinstance(src, Prepared) else [],
+        ood_warnings=check_image(image, labels, names, scale=scale) if isinstance(src, Prepared) else [],
         seconds=round(time.perf_counter() - t0, 3),
     )
     if where.store is not None:
