@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet_gradcam import _widget, save_checkpoint
+from napari_unet_gradcam import _large, _widget, save_checkpoint
 from napari_unet_gradcam._job import RunState
 
 from .conftest import tiny_unet
@@ -269,7 +269,7 @@ def test_rgb_image_one_channel_of_it(make_napari_viewer, qtbot, checkpoint):
 
 
 def test_pyramid_level_is_explained_and_placed_over_the_pyramid(make_napari_viewer, qtbot, checkpoint, monkeypatch):
-    monkeypatch.setattr(_widget, "DEFAULT_MAX_PIXELS", 130 * 130)  # as if level 0 were a whole slide
+    monkeypatch.setattr(_large, "DEFAULT_MAX_PIXELS", 130 * 130)  # as if level 0 were a whole slide
     base = np.random.default_rng(3).random((256, 256)).astype(np.float32)
     levels = [base, base.reshape(128, 2, 128, 2).mean((1, 3)), base.reshape(64, 4, 64, 4).mean((1, 3))]
     viewer = make_napari_viewer()

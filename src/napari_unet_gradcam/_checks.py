@@ -33,6 +33,11 @@ def checkable(run: LastRun) -> str | None:
     """Why the run's maps cannot be checked, or None."""
     if not run.result.cams:
         return "The last run made no maps (no layer or class selected)."
+    if run.result.metadata.get("out"):
+        return (
+            "Check maps works on results held in memory; the last run's are on disk. Tick 'visible region only' "
+            "(or choose a coarser pyramid level), run, then check."
+        )
     if run.result.labels.ndim != 2:
         return "Check maps works on one 2-D image: tick 'current slice only' for a stack, run, then check."
     if run.result.metadata.get("tile_size"):

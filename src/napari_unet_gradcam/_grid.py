@@ -29,6 +29,15 @@ class Cell:
     heat: Any  # the map's array (a view into a stacked layer's data for stacked output)
     source: Any  # the heatmap or stack layer the map comes from
     lead: int  # 2 for a stacked layer (decoder layer, class axes), else 0
+    step: int = 1  # pixels of the layer per pixel of ``heat`` (a pyramid's coarsest level), in y and x
+
+
+def _coarsest(layer) -> tuple[Any, int]:
+    """The layer's data, or for a pyramid (results on disk) its coarsest level and its downsampling."""
+    if not getattr(layer, "multiscale", False):
+        return layer.data, 1
+    factor = np.asarray(layer.downsample_factors[-1], float)[-1]
+    return layer.data[-1], int(round(factor))
 
 
 def _run_label(m: dict) -> str:
@@ -39,13 +48,14 @@ def _run_label(m: dict) -> str:
 def _maps(layer) -> Iterator[tuple[str, int, str, Any]]:
     """(decoder layer, class index, class name, 2-D or N-D map) for every map a layer holds."""
     m = mark(layer)
+    data = _coarsest(layer)[0] if m.get("kind") in ("heatmap", "stack") else None
     if m.get("kind") == "heatmap":
-        yield m["layer"], m["class_index"], m["class_name"], layer.data
+        yield m["layer"], m["class_index"], m["class_name"], data
     elif m.get("kind") == "stack":
         for i, ly in enumerate(m["layers"]):
             indices = m.get("class_indices", range(len(m["classes"])))
             for j, (c, name) in enumerate(zip(indices, m["classes"], strict=True)):
-                yield ly, c, name, layer.data[i, j]
+                yield ly, c, name, data[i, j]
 
 
 def plan_cells(viewer, source=None, visible=None) -> list[Cell]:
@@ -80,7 +90,7 @@ def plan_cells(viewer, source=None, visible=None) -> list[Cell]:
             caption = f"{name} / {cname}" if len(runs) == 1 else f"{run[1]}: {name} / {cname}"
             lead = 2 if mark(ly).get("kind") == "stack" else 0
             # Keyed by run number, not method: a re-run with another method reuses its cells.
-            cells.append(Cell((run[0], name, c), caption, data, ly, lead))
+            cells.append(Cell((run[0], name, c), caption, data, ly, lead, _coarsest(ly)[1]))
     return cells
 
 
@@ -198,13 +208,17 @@ class GridView:
             return
         if self.active:
             self.leave(restore=False)
-        placed = cells[0].source
+        placed, lead = cells[0].source, cells[0].lead
+        scale, translate = np.asarray(placed.scale)[lead:], np.asarray(placed.translate)[lead:]
+        # A pyramid's coarsest level sits where napari shows it: pixels `step` times larger, centred.
+        step = np.ones_like(scale)
+        step[-2:] = cells[0].step
         self.layer = self.viewer.add_image(
             data,
             name="grid view",
             rgb=True,
-            scale=np.asarray(placed.scale)[cells[0].lead :],
-            translate=np.asarray(placed.translate)[cells[0].lead :],
+            scale=scale * step,
+            translate=translate + (step - 1) / 2 * scale,
             metadata={MARK: {"kind": "grid-view", "captions": self.captions}},
         )
         self.viewer.reset_view()

@@ -41,9 +41,13 @@ class Snapshot:
     params: dict = field(default_factory=dict)
     # Leading indices of the one slice explained ("current slice only"); () for the whole layer.
     slice_index: tuple = ()
+    # The (y, x) part of the level explained ("visible region only"); None for all of it.
+    box: tuple | None = None
 
     @classmethod
-    def of(cls, layer, params: dict, slice_index: tuple = (), level: int = 0) -> Snapshot:
+    def of(
+        cls, layer, params: dict, slice_index: tuple = (), level: int = 0, box: tuple[slice, slice] | None = None
+    ) -> Snapshot:
         from ._regions import level_placement
 
         data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
@@ -52,6 +56,11 @@ class Snapshot:
 
             data = da.from_array(data, chunks=getattr(data, "chunks", "auto"))  # slicing stays lazy
         scale, translate = level_placement(layer, level)
+        if box is not None:
+            rgb = (slice(None),) if getattr(layer, "rgb", False) else ()
+            data = data[(..., *box, *rgb)]
+            starts = (0.0,) * (len(scale) - 2) + (box[0].start, box[1].start)
+            translate = tuple(t + s * i for t, s, i in zip(translate, scale, starts, strict=True))
         if slice_index:
             data = data[slice_index]
             # The result stays a (1, ..., Y, X) volume placed at the slice, not a 2-D layer shown on every slice.
@@ -74,6 +83,7 @@ class Snapshot:
             units=tuple(str(u) for u in getattr(layer, "units", ()) or ()) or None,
             params=dict(params),
             slice_index=tuple(slice_index),
+            box=box,
         )
 
 
@@ -87,7 +97,12 @@ def mark(layer) -> dict:
     return md or {}
 
 
-def data_digest(data: np.ndarray) -> str:
+def data_digest(data) -> str:
+    """What a labels layer held when the run made it; a lazy one (never painted) by its dask graph's name."""
+    if isinstance(data, list):  # a pyramid
+        return "|".join(data_digest(level) for level in data)
+    if hasattr(data, "dask"):
+        return f"dask:{data.name}"
     return hashlib.blake2b(np.ascontiguousarray(data).view(np.uint8), digest_size=16).hexdigest()
 
 
@@ -102,7 +117,9 @@ def is_current(layer, sid: str | None = None) -> bool:
     if layer.name != m.get("name"):
         return False
     if m.get("kind") in ("labels", "instances"):
-        return m.get("digest") == data_digest(np.asarray(layer.data))
+        data = list(layer.data) if layer.multiscale else layer.data
+        data = data if isinstance(data, list) or hasattr(data, "dask") else np.asarray(data)
+        return m.get("digest") == data_digest(data)
     return True
 
 
@@ -131,6 +148,7 @@ def _provenance(snap: Snapshot, res: ExplainResult, **extra) -> dict:
             "model_path": md["model"]["path"],
             "version": md["version"],
             "slice": list(snap.slice_index),
+            "store": md.get("out"),
             **extra,
         }
     }
@@ -146,9 +164,36 @@ def first_shown(layers_order: list[str], classes_order: list[int]) -> tuple[str,
     return layers_order[-1], next((c for c in classes_order if c != 0), classes_order[0])
 
 
+def store_pyramids(res: ExplainResult) -> tuple[list, dict] | None:
+    """A run written to OME-Zarr as pyramids, finest first: (labels levels, {key: normalised map levels}).
+
+    None for a run held in memory. napari shows a list of levels as one multiscale layer and reads
+    only the tiles on screen, so results larger than RAM stay on disk.
+    """
+    path = res.metadata.get("out")
+    if not path:
+        return None
+    from .destination import lazy_normalized
+    from .zarr_out import open_levels
+
+    labels, maps = open_levels(path)
+    mode, scales = res.metadata["normalize"], res.metadata["ranges"]
+    cams = {
+        (ly, c): [lazy_normalized(level[i], scales[f"{ly}/{c}"], mode) for level in maps]
+        for i, (ly, c) in enumerate(res.cams)  # the store's channel order
+    }
+    return labels, cams
+
+
+def _levels(levels: list):
+    """One array for a single level (a plain layer), the list for a pyramid (a multiscale layer)."""
+    return levels if len(levels) > 1 else levels[0]
+
+
 def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> list[tuple]:
     md = res.metadata
     names = res.class_names
+    pyramids = store_pyramids(res)
     out = []
     labels_kw = {
         "name": f"{snap.name} labels (UNet)",
@@ -159,7 +204,7 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
         "_contour": 1 if res.cams else 0,
         **_placement(snap),
     }
-    out.append((res.labels, labels_kw, "labels"))
+    out.append((res.labels if pyramids is None else _levels(pyramids[0]), labels_kw, "labels"))
     if snap.params.get("instances"):
         inst_kw = {
             "name": f"{snap.name} instances (UNet)",
@@ -180,7 +225,14 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
     common = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "contrast_limits": limits}
     shown = first_shown(layers_order, classes_order)
     if stacked:
-        data = res.stacked()
+        if pyramids is None:
+            data = res.stacked()
+        else:
+            import dask.array as da
+
+            per_level = zip(*(pyramids[1][ly, c] for ly in layers_order for c in classes_order), strict=True)
+            shape = (len(layers_order), len(classes_order))
+            data = _levels([da.stack(maps).reshape(*shape, *maps[0].shape) for maps in per_level])
         kw = {
             "name": f"{snap.name} {title} maps",
             "metadata": _provenance(
@@ -207,7 +259,7 @@ def build_layers(snap: Snapshot, res: ExplainResult, stacked: bool = False) -> l
             **common,
             **_placement(snap),
         }
-        out.append((res.cams[ly, c], kw, "image"))
+        out.append((res.cams[ly, c] if pyramids is None else _levels(pyramids[1][ly, c]), kw, "image"))
     return out
 
 
@@ -259,9 +311,11 @@ def _update_in_place(old, data, kw: dict, kind: str, contour: int) -> None:
 
 
 def _same_frame(old, kind: str, data, kw: dict) -> bool:
+    pyramid = isinstance(data, list)  # napari cannot turn a layer into a multiscale one or back
     return (
         old._type_string == kind
-        and old.ndim == np.ndim(data)
+        and bool(old.multiscale) == pyramid
+        and old.ndim == np.ndim(data[0] if pyramid else data)
         and np.allclose(old.scale, kw["scale"])
         and np.allclose(old.translate, kw["translate"])
     )
@@ -294,6 +348,8 @@ def iter_apply_layers(viewer, snap: Snapshot, tuples: list[tuple]) -> Iterator:
                 kw["colormap"] = DirectLabelColormap(color_dict=label_colormap(len(kw["features"]["class"])))
             md["digest"] = data_digest(data)
         old = current.get(md["role"])
+        if isinstance(data, list):
+            kw["multiscale"] = True
         if old is not None and _same_frame(old, kind, data, kw):
             _update_in_place(old, data, kw, kind, contour)
             md["name"] = old.name  # napari may have made the name unique

@@ -99,8 +99,36 @@ def _points_mask(layer, image, shape) -> np.ndarray:
     return np.broadcast_to(mask, shape)
 
 
-def region_mask(region, image, slice_index: tuple = (), level: int = 0) -> np.ndarray:
-    """Boolean mask on the image's grid (stack and spatial shape) marking the region's pixels."""
+MIN_VISIBLE = 16  # pixels a side: the network halves an image four times
+
+
+def visible_box(layer, level: int = 0) -> tuple[slice, slice]:
+    """The (y, x) pixels of one pyramid level that the canvas shows now, as slices.
+
+    napari keeps each layer's ``corner_pixels`` (the data bounding box of the view, at the level
+    it displays) up to date on every draw; it is what napari itself reads tiles by.
+    """
+    shape = image_shape(layer, level)[-2:]
+    corners = np.asarray(layer.corner_pixels, float)[:, -2:]
+    if getattr(layer, "multiscale", False):
+        shown = np.asarray(layer.downsample_factors[layer.data_level], float)[-2:]
+        corners = corners * shown / np.asarray(layer.downsample_factors[level], float)[-2:]
+    lo = np.clip(np.floor(corners[0]), 0, shape).astype(int)
+    hi = np.clip(np.ceil(corners[1]) + 1, 0, shape).astype(int)
+    # napari clips the view's corners to the image, so a view beside it leaves a sliver at its edge.
+    if np.any(hi - lo < MIN_VISIBLE):
+        raise UnetGradcamError(
+            f"No part of '{layer.name}' is on screen (or under {MIN_VISIBLE} pixels a side at this level): pan or "
+            "zoom to the part to explain, or untick 'visible region only'."
+        )
+    return slice(lo[0], hi[0]), slice(lo[1], hi[1])
+
+
+def region_mask(
+    region, image, slice_index: tuple = (), level: int = 0, box: tuple[slice, slice] | None = None
+) -> np.ndarray:
+    """Boolean mask on the image's grid (stack and spatial shape) marking the region's pixels;
+    with ``box`` (from :func:`visible_box`), on that part of the grid only."""
     from napari.layers import Labels, Points, Shapes
 
     image = level_grid(image, level)
@@ -120,8 +148,11 @@ def region_mask(region, image, slice_index: tuple = (), level: int = 0) -> np.nd
         raise UnetGradcamError(f"'{region.name}' is not a Labels, Shapes or Points layer.")
     if slice_index:
         mask = mask[slice_index][(np.newaxis,) * len(slice_index)]
+    if box is not None:
+        mask = mask[..., box[0], box[1]]
     if not mask.any():
         where = " in the explained slice" if slice_index else ""
+        where += " in the visible region" if box is not None else ""
         raise UnetGradcamError(
             f"The region layer '{region.name}' marks no pixel of the image{where}: draw or paint the region "
             "over the image (regions are matched in world coordinates, through both layers' scale and translate)."

@@ -3,13 +3,14 @@ keep runs, compare them in a grid, explain a region or a point, and export.
 
 The widget is the form and its wiring. The rest lives beside it: which layers it offers
 (``_choices``), the job's life (``_job``), turning results into layers updated in place
-(``_layers``), regions through layer transforms (``_regions``), the grid (``_grid``) and the
-model cache (``_models``).
+(``_layers``), regions through layer transforms (``_regions``), the grid (``_grid``), large
+images' levels, time estimates and results on disk (``_large``) and the model cache (``_models``).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +38,13 @@ from ._checks import compute as compute_checks
 from ._choices import _unwrap, image_layers, pick_source, region_layers
 from ._grid import GridView
 from ._job import Runner, RunState, step_through
+from ._large import Speed, Stores, default_level, fits_in_ram, image_shape_of, level_label, results_bytes
 from ._layers import STACK_AXES, Snapshot, build_layers, iter_apply_layers, keep_run, mark, source_id
 from ._models import describe, get_model
-from ._regions import image_shape, level_grid, region_mask
+from ._regions import image_shape, level_grid, region_mask, visible_box
+from .destination import class_names
 from .errors import UnetGradcamError
-from .families import family, layer_titles, propose_layers
+from .families import family, layer_titles, propose_layers, spatial_dims
 from .methods import METHODS
 from .model import ALL_LAYERS, DECODER_LAYERS
 from .pipeline import explain
@@ -86,8 +89,14 @@ TIPS = {
     "objects are twice the size the model knows. Results come back at full size.",
     "channels": "For an RGB image and a one-channel model: which channel to use, or their mean.",
     "current_slice": "For stacks: explain only the slice on screen (much faster on long stacks).",
-    "level": "For multiscale (pyramid) images: the level to explain, 0 = full resolution. Chosen by default "
-    "as the finest level of at most 4096x4096 pixels; results are placed over the whole pyramid.",
+    "level": "For multiscale (pyramid) images: the level to explain, 0 = full resolution, with the size of its "
+    "results and the time it would take (from the last run or a quick probe). Chosen by default as the finest "
+    "level of at most 4096x4096 pixels whose results fit in RAM; results are placed over the whole pyramid.",
+    "visible_only": "Explain only the part of the image on screen (at the chosen pyramid level): pan and zoom "
+    "to it, then Run. Channel weights then come from that part alone.",
+    "results_dir": "Where results too large for RAM are written, as OME-Zarr, and shown as multiscale layers "
+    "read from disk. Empty: a temporary folder, removed when no layer shows it any more. A folder: every run "
+    "is written there and kept.",
     "tile_size": "Tile edge in pixels for large images; 0 chooses from free memory. Maps use global weights.",
     "device": "Where the network runs: auto picks CUDA, then Apple MPS, then CPU.",
     "more": "Show preprocessing, scale, channels, output and performance options.",
@@ -99,19 +108,6 @@ TIPS = {
     "check_btn": "How far to trust each map: deletion and insertion curves against a random pixel order, and "
     "the cascading-randomisation correlation (docs/faithfulness.md). Runs in the background; Cancel stops it.",
 }
-
-
-# The finest pyramid level explained by default: a whole slide's level 0 does not fit in RAM.
-DEFAULT_MAX_PIXELS = 4096 * 4096
-
-
-def default_level(layer) -> int:
-    """The finest level of a pyramid with at most DEFAULT_MAX_PIXELS pixels per plane."""
-    for i, level in enumerate(layer.data):
-        shape = level.shape[:-1] if getattr(layer, "rgb", False) else level.shape
-        if int(np.prod(shape[-2:])) <= DEFAULT_MAX_PIXELS:
-            return i
-    return len(layer.data) - 1
 
 
 def _devices() -> list[str]:
@@ -183,6 +179,12 @@ class GradCamWidget(Container):
         self.current_slice = CheckBox(text="current slice only", value=False)
         self.level = ComboBox(label="pyramid level", choices=self._level_choices, visible=False)
         self._level_for = None
+        self.visible_only = CheckBox(text="visible region only", value=False)
+        self.results_dir = FileEdit(label="results folder", mode="d", value="")
+        self.speed = Speed()
+        self.stores = Stores()
+        self._net_lock = threading.Lock()
+        self._probing = None
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="one layer per map")
         self.instances = CheckBox(text="also split nuclei into instances", value=False)
         self.tile_size = SpinBox(label="tile size (0 = auto)", min=0, max=16384, step=64, value=0)
@@ -203,6 +205,7 @@ class GradCamWidget(Container):
             self.output,
             self.instances,
             self.tile_size,
+            self.results_dir,
             self.device,
         ]
         for name, tip in TIPS.items():
@@ -230,6 +233,7 @@ class GradCamWidget(Container):
                 self.target,
                 self.region,
                 self.level,
+                self.visible_only,
                 self.normalize,
                 self.more,
                 *self._advanced,
@@ -288,12 +292,12 @@ class GradCamWidget(Container):
         # (Depends on the source and the model only: napari resets the choices often, and a label
         # that changed would reset the user's pick.)
         n_classes = len(getattr(self._model, "class_names", None) or [1, 2])
-        per_pixel = 4 * (1 + n_classes + len(DECODER_LAYERS) * n_classes)
         out = []
         for i in range(len(src.data)):
             shape = image_shape(src, i)
-            gib = int(np.prod(shape)) * per_pixel / 2**30
-            out.append((f"{i}: {' x '.join(map(str, shape))} (results ~{gib:.2g} GiB)", i))
+            gib = results_bytes(shape, n_classes, len(DECODER_LAYERS) * n_classes) / 2**30
+            seconds = None if self._model is None else self.speed.estimate(self._model, int(np.prod(shape)))
+            out.append((level_label(i, shape, gib, seconds), i))
         return out
 
     def _class_choices(self, _=None):
@@ -342,7 +346,9 @@ class GradCamWidget(Container):
         if pyramid and self._level_for is not src:
             self._level_for = src
             self.level.reset_choices()
-            self.level.value = default_level(src)
+            n_classes = len(getattr(self._model, "class_names", None) or [1, 2])
+            self.level.value = default_level(src, n_classes, len(DECODER_LAYERS) * n_classes)
+            self._probe_speed()
         self.level.visible = pyramid
 
     # -- model -----------------------------------------------------------------------------------
@@ -426,6 +432,63 @@ class GradCamWidget(Container):
         shape = shape[:n_stack]
         return tuple(int(np.clip(np.rint(p), 0, s - 1)) for p, s in zip(pos, shape, strict=True))
 
+    def _store_for(self, snap: Snapshot, params: dict) -> Path | None:
+        """An OME-Zarr path when the results go to disk: a folder was chosen, or they would not fit in RAM."""
+        net = self._model
+        if spatial_dims(net) == 3:
+            return None  # whole volumes run in RAM (volume.py checks the size)
+        folder = str(self.results_dir.value or "")
+        folder = None if folder in ("", ".") else folder
+        shape = image_shape_of(snap)
+        n_classes = len(class_names(net))
+        need = results_bytes(shape, n_classes, len(params["layers"]) * len(params["classes"]), params["scale"])
+        if folder is None and fits_in_ram(need):
+            return None
+        why = "Results written to a folder"
+        if folder is None:
+            why = f"The results (~{need / 2**30:.1f} GiB) do not fit in RAM; on disk they"
+        if params["scale"] != 1:
+            raise UnetGradcamError(
+                f"{why} keep the image's size: set scale to 1, or choose a coarser pyramid level or 'visible "
+                "region only'."
+            )
+        if params["instances"]:
+            raise UnetGradcamError(
+                f"{why} cannot be split into instances: untick 'also split nuclei into instances', or choose a "
+                "coarser pyramid level or 'visible region only'."
+            )
+        return self.stores.new(snap.name, folder)
+
+    def _probe_speed(self) -> None:
+        """Time a small run in a worker, once per model and device, so each level shows a time."""
+        net = self._model
+        if net is None or spatial_dims(net) == 3 or self.speed.known(net) or self._probing is net:
+            return
+        from napari.qt.threading import thread_worker
+
+        self._probing = net
+
+        def probe():
+            with self._net_lock:
+                return self.speed.probe(net)
+
+        def done(result):
+            self._probing = None
+            self.speed.record(net, *result)
+            if self.runner.state is not RunState.CLOSED and getattr(self._source, "multiscale", False):
+                pick = self.level.value
+                self.level.reset_choices()
+                self.level.value = pick
+
+        def failed(exc):
+            self._probing = None
+            self.level.tooltip = f"{TIPS['level']} (No time estimate: a test run failed: {exc})"
+
+        worker = thread_worker(probe, start_thread=False, ignore_errors=True)()
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.start()
+
     def run(self, _=None) -> None:
         if self.runner.busy or self.runner.state is RunState.CLOSED:
             return  # one job at a time; the button is disabled anyway
@@ -439,9 +502,11 @@ class GradCamWidget(Container):
             params = self._params()
             index = self._slice_index(layer)
             target = TARGETS[self.target.value]
+            box = visible_box(layer, self._level(layer)) if self.visible_only.value else None
             if target == "region":
-                target = region_mask(self.region.value, layer, index, self._level(layer))
-            snap = Snapshot.of(layer, params, index, self._level(layer))
+                target = region_mask(self.region.value, layer, index, self._level(layer), box)
+            snap = Snapshot.of(layer, params, index, self._level(layer), box)
+            out = self._store_for(snap, params)
         except UnetGradcamError as exc:
             self._set_status(str(exc), error=str(exc) != self._model_error)  # a model error was already shown
             return
@@ -453,21 +518,23 @@ class GradCamWidget(Container):
             if params["channels"] is not None and rgb:
                 data = data[..., :3].mean(-1) if params["channels"] == "grey" else data[..., params["channels"]]
                 rgb = False
-            res = explain(
-                data,
-                net,
-                layers=params["layers"],
-                classes=params["classes"],  # none selected: labels only, like no layers
-                method=params["method"],
-                target=target,
-                preprocess=params["preprocess"],
-                normalize=params["normalize"],
-                tile_size=params["tile_size"],
-                rgb=rgb,
-                scale=params["scale"],
-                progress=progress,
-                cancel=cancel,
-            )
+            with self._net_lock:  # the speed probe uses the same modules' hooks
+                res = explain(
+                    data,
+                    net,
+                    layers=params["layers"],
+                    classes=params["classes"],  # none selected: labels only, like no layers
+                    method=params["method"],
+                    target=target,
+                    preprocess=params["preprocess"],
+                    normalize=params["normalize"],
+                    tile_size=params["tile_size"],
+                    rgb=rgb,
+                    scale=params["scale"],
+                    progress=progress,
+                    cancel=cancel,
+                    out=out,
+                )
             if params["instances"]:
                 res.instances()  # computed here, off the main thread
             inputs.update(image=data, rgb=rgb, net=net)
@@ -477,6 +544,8 @@ class GradCamWidget(Container):
 
         self.bar.value = 0
         what = f"slice {index} of '{snap.name}'" if index else f"'{snap.name}'"
+        what += " (visible region)" if box is not None else ""
+        what += f", writing to {out}" if out is not None else ""
         self._set_status(f"Running {METHODS[params['method']].title} on {what} ...")
         self.runner.start(
             compute, lambda res: self._build(snap, res, inputs, target), lambda res, s: self._finish(snap, res, s)
@@ -488,6 +557,8 @@ class GradCamWidget(Container):
         made = yield from _collect(iter_apply_layers(self.viewer, snap, tuples))
         self._added = [ly for ly in made if id(ly) not in before]
         self._last = LastRun(snap, res, made, inputs["image"], inputs["rgb"], target, inputs["net"])
+        self.speed.record(inputs["net"], int(np.prod(res.labels.shape)), float(res.metadata.get("seconds", 0)))
+        self.stores.prune(self.viewer)  # a temporary store this run's layers replaced
         if self.grid.active:
             yield from self.grid.show()
 
@@ -505,7 +576,10 @@ class GradCamWidget(Container):
         gone = "" if present else " (source layer was removed)"
         dev = next(self._model.parameters()).device if self._model is not None else "?"
         ood = "".join(f" Warning: {w}" for w in res.metadata.get("ood_warnings", []))
-        return f"'{snap.name}'{gone}: {len(res.cams)} map(s), {len(made)} layer(s) in {seconds:.1f} s on {dev}.{ood}"
+        out = res.metadata.get("out")
+        disk = f" Results are on disk in {out}, read as you pan." if out else ""
+        msg = f"'{snap.name}'{gone}: {len(res.cams)} map(s), {len(made)} layer(s) in {seconds:.1f} s on {dev}."
+        return msg + disk + ood
 
     def cancel(self, _=None) -> None:
         if self.runner.busy:
@@ -583,7 +657,7 @@ class GradCamWidget(Container):
             return
         idx = np.rint((world[-ndim:] - np.asarray(snap.translate)) / np.asarray(snap.scale)).astype(int)
         shape = res.labels.shape
-        if np.any(idx < 0) or np.any(idx >= shape):
+        if np.any(idx < 0) or np.any(idx >= shape) or res.probabilities is None:  # on disk: not kept
             return
         probs = res.probabilities[(slice(None), *idx)]
         names = res.class_names
@@ -642,7 +716,11 @@ class GradCamWidget(Container):
             where = f"in the table and in {annotated[0]} layer(s)' metadata"
             return f"Checked {len(checks.checks)} map(s) in {seconds:.0f} s: the numbers are {where}."
 
-        self.runner.start(lambda progress, cancel: compute_checks(run, progress, cancel), build, finish)
+        def compute(progress, cancel):
+            with self._net_lock:
+                return compute_checks(run, progress, cancel)
+
+        self.runner.start(compute, build, finish)
 
     def _ask_export(self, _=None) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -665,6 +743,13 @@ class GradCamWidget(Container):
             self._set_status("Nothing to export: press Run first.", error=True)
             return []
         snap, res = self._last.snap, self._last.result
+        if res.metadata.get("out"):
+            self._set_status(
+                f"This run's results are already saved, as OME-Zarr in {res.metadata['out']} (napari and Fiji "
+                "open it; copy the folder to keep it). Export writes TIFFs of results held in memory.",
+                error=True,
+            )
+            return []
         stem = re.sub(r"[^\w.-]+", "_", snap.name).strip("_") or "image"
         n_stack = res.labels.ndim - 2
         axes = "QTZ"[-n_stack:] if n_stack else ""

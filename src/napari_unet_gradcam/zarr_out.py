@@ -245,3 +245,23 @@ class StoreSink:
             r[0], r[1] = min(r[0], float(m.min())), max(r[1], float(m.max()))
             for b, ix in enumerate(self.index):
                 self.store.maps[(c, *ix, slice(y0, y1), slice(x0, x1))] = m[b]
+
+
+def open_levels(path) -> tuple[list, list]:
+    """A finished store's pyramids as dask arrays, finest first: (labels levels, maps levels).
+
+    Each maps level is ``(c, ..., y, x)`` in the store's channel order; ``[]`` when it holds no maps.
+    napari shows a list of levels as one multiscale layer and reads only what is on screen.
+    """
+    import dask.array as da
+
+    zarr, _ = require_zarr()
+    root = zarr.open_group(str(path), mode="r")
+
+    def levels(group) -> list:
+        n = len(group.attrs["ome"]["multiscales"][0]["datasets"]) if "ome" in group.attrs else 1
+        return [da.from_zarr(group[str(i)]) for i in range(n)]
+
+    labels = [level.astype(np.int32) for level in levels(root["labels/classes"])]
+    maps = levels(root) if "0" in root else []
+    return labels, maps

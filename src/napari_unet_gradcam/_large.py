@@ -1,0 +1,143 @@
+"""Large images in the widget: which pyramid level, how long it takes, and where its results go.
+
+Results that would not fit in RAM are written to an OME-Zarr store, in a folder the user picks or
+in a temporary one, and shown as multiscale layers that napari reads tile by tile
+(docs/large-data.md). Temporary stores live as long as a layer shows them, and at most until
+Python exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._layers import mark
+from ._regions import image_shape
+from .run_plan import result_bytes, system_available_bytes
+
+# The finest pyramid level explained by default: a whole slide's level 0 takes hours on a CPU.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+RAM_SHARE = 0.8  # the share of free RAM results may take, as explain() allows
+PROBE_SIDE = 256  # the image a speed probe explains
+
+
+def image_shape_of(snap) -> tuple[int, ...]:
+    """A snapshot's image shape without its RGB axis."""
+    shape = tuple(snap.data.shape)
+    return shape[:-1] if snap.rgb else shape
+
+
+def results_bytes(shape: tuple[int, ...], n_classes: int, n_maps: int, scale: float = 1.0) -> int:
+    """RAM that explain() would take for the results of an image of ``shape`` (stack, y, x)."""
+    n = int(np.prod(shape[:-2], dtype=np.int64))
+    full = tuple(int(s) for s in shape[-2:])
+    fed = tuple(max(1, round(s * scale)) for s in full)
+    return result_bytes(n, fed, full, n_classes, n_maps, probabilities=True)
+
+
+def fits_in_ram(need: int) -> bool:
+    return need <= RAM_SHARE * system_available_bytes()
+
+
+def default_level(layer, n_classes: int = 3, n_maps: int = 12) -> int:
+    """The finest level of a pyramid whose planes have at most DEFAULT_MAX_PIXELS pixels and whose
+    results fit in RAM; the coarsest level when none does."""
+    for i in range(len(layer.data)):
+        shape = image_shape(layer, i)
+        if int(np.prod(shape[-2:])) <= DEFAULT_MAX_PIXELS and fits_in_ram(results_bytes(shape, n_classes, n_maps)):
+            return i
+    return len(layer.data) - 1
+
+
+def duration(seconds: float) -> str:
+    """An estimate as a reader wants it: '<1 s', '~40 s', '~12 min', '~3.1 h'."""
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 90:
+        return f"~{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+class Speed:
+    """Pixels per second of explain() for each (model, device), from the last run or a probe."""
+
+    def __init__(self) -> None:
+        self._rates: dict[tuple, float] = {}
+
+    @staticmethod
+    def key(net) -> tuple:
+        return id(net), str(next(net.parameters()).device)
+
+    def record(self, net, pixels: int, seconds: float) -> None:
+        if seconds > 0 and pixels > 0:
+            self._rates[self.key(net)] = pixels / seconds
+
+    def known(self, net) -> bool:
+        return self.key(net) in self._rates
+
+    def estimate(self, net, pixels: int) -> float | None:
+        rate = self._rates.get(self.key(net))
+        return None if rate is None else pixels / rate
+
+    @staticmethod
+    def probe(net) -> tuple[int, float]:
+        """Time explain() of the default maps on a small image (call it in a worker thread): (pixels, seconds)."""
+        from .pipeline import explain
+
+        image = np.random.default_rng(0).random((PROBE_SIDE, PROBE_SIDE), dtype=np.float32)
+        t0 = time.perf_counter()
+        explain(image, net)
+        return PROBE_SIDE * PROBE_SIDE, time.perf_counter() - t0
+
+
+def level_label(i: int, shape: tuple[int, ...], gib: float, seconds: float | None) -> str:
+    where = "" if fits_in_ram(int(gib * 2**30)) else ", written to disk"
+    when = "" if seconds is None else f", {duration(seconds)}"
+    return f"{i}: {' x '.join(map(str, shape))} (results ~{gib:.2g} GiB{where}{when})"
+
+
+class Stores:
+    """OME-Zarr stores for results too large for RAM; the temporary ones removed once unused."""
+
+    def __init__(self) -> None:
+        self._temp: list[Path] = []
+        atexit.register(self.remove_all)
+
+    def new(self, name: str, folder: str | Path | None) -> Path:
+        """A fresh store path for a run on ``name``: in ``folder``, or in a new temporary folder."""
+        if folder is None:
+            root = Path(tempfile.mkdtemp(prefix="unet-gradcam-"))
+            self._temp.append(root)
+        else:
+            root = Path(folder)
+        stem = re.sub(r"[^\w.-]+", "_", name).strip("_") or "image"
+        path = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.ome.zarr"
+        k = 1
+        while path.exists():
+            k += 1
+            path = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{k}.ome.zarr"
+        return path
+
+    def is_temporary(self, path: str | Path) -> bool:
+        return any(Path(path).parent == root for root in self._temp)
+
+    def prune(self, viewer) -> None:
+        """Remove the temporary stores no layer in the viewer shows any more (re-runs replaced them)."""
+        used = {mark(ly).get("store") for ly in viewer.layers} - {None}
+        for root in list(self._temp):
+            if not any(Path(p).parent == root for p in used):
+                shutil.rmtree(root, ignore_errors=True)
+                self._temp.remove(root)
+
+    def remove_all(self) -> None:
+        for root in self._temp:
+            shutil.rmtree(root, ignore_errors=True)
+        self._temp = []
