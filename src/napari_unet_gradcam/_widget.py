@@ -459,6 +459,13 @@ class GradCamWidget(Container):
             )
         return self.stores.new(snap.name, folder)
 
+    def _refresh_levels(self) -> None:
+        """New time estimates in the level list, the user's pick kept."""
+        if self.runner.state is not RunState.CLOSED and getattr(self._source, "multiscale", False):
+            pick = self.level.value
+            self.level.reset_choices()
+            self.level.value = pick
+
     def _probe_speed(self) -> None:
         """Time a small run in a worker, once per model and device, so each level shows a time."""
         net = self._model
@@ -474,11 +481,8 @@ class GradCamWidget(Container):
 
         def done(result):
             self._probing = None
-            self.speed.record(net, *result)
-            if self.runner.state is not RunState.CLOSED and getattr(self._source, "multiscale", False):
-                pick = self.level.value
-                self.level.reset_choices()
-                self.level.value = pick
+            self.speed.fit(net, result)
+            self._refresh_levels()
 
         def failed(exc):
             self._probing = None
@@ -557,12 +561,14 @@ class GradCamWidget(Container):
         made = yield from _collect(iter_apply_layers(self.viewer, snap, tuples))
         self._added = [ly for ly in made if id(ly) not in before]
         self._last = LastRun(snap, res, made, inputs["image"], inputs["rgb"], target, inputs["net"])
-        self.speed.record(inputs["net"], int(np.prod(res.labels.shape)), float(res.metadata.get("seconds", 0)))
         self.stores.prune(self.viewer)  # a temporary store this run's layers replaced
         if self.grid.active:
             yield from self.grid.show()
 
     def _finish(self, snap: Snapshot, res, seconds: float) -> str:
+        if self._last is not None:  # the whole run as the user waited for it, pyramids written included
+            self.speed.record(self._last.net, int(np.prod(res.labels.shape)), seconds)
+            self._refresh_levels()
         made = self._last.layers if self._last else []
         first = next((ly for ly in made if ly.visible and mark(ly).get("kind") in ("heatmap", "stack")), None)
         if first is not None and not self.grid.active:

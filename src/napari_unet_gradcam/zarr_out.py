@@ -27,6 +27,7 @@ from .engine import labels_from_logits, probabilities_from_logits
 from .errors import InputError
 
 PYRAMID_TOP = 1024  # the pyramid stops once a level's longer side is at most this
+READ_CHUNK = 256  # the chunk a viewer reads, inside shards of the run's tile
 STACK_AXES = {0: [], 1: ["z"], 2: ["t", "z"]}
 
 
@@ -100,23 +101,31 @@ class ResultStore:
         self.root = self.labels = self.maps = self.probs = None
 
     def create(self, chunk: int) -> None:
-        """The store and its level-0 arrays, chunked as the run's tiles so each tile writes whole chunks."""
+        """The store and its level-0 arrays: each of the run's tiles writes whole shards (or chunks).
+
+        A viewer panning at full resolution reads chunks, so large tiles are sharded into
+        READ_CHUNK-sided chunks: napari then decodes a quarter-megabyte per chunk, not 4 MiB.
+        """
         zarr, _ = require_zarr()
         n_classes = self.n_classes
         self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
         shape = (*self.stack_shape, *self.spatial)
         tile = (1,) * len(self.stack_shape) + (min(chunk, self.spatial[0]), min(chunk, self.spatial[1]))
+        layout = {"chunks": tile}
+        if all(side % READ_CHUNK == 0 and side > READ_CHUNK for side in tile[-2:]):
+            layout = {"shards": tile, "chunks": (*tile[:-2], READ_CHUNK, READ_CHUNK)}
+        per_class = {key: (1, *value) for key, value in layout.items()}
         label_type = np.uint8 if n_classes <= 255 else np.int32
         labels = self.root.require_group("labels").require_group("classes")
-        self.labels = labels.create_array("0", shape=shape, chunks=tile, dtype=label_type, fill_value=0)
+        self.labels = labels.create_array("0", shape=shape, dtype=label_type, fill_value=0, **layout)
         if self.keys:
             self.maps = self.root.create_array(
-                "0", shape=(len(self.keys), *shape), chunks=(1, *tile), dtype=np.float32, fill_value=0.0
+                "0", shape=(len(self.keys), *shape), dtype=np.float32, fill_value=0.0, **per_class
             )
         if self.with_probabilities:
             group = self.root.require_group("probabilities")
             k = max(n_classes, 2)
-            self.probs = group.create_array("0", shape=(k, *shape), chunks=(1, *tile), dtype=np.float32, fill_value=0)
+            self.probs = group.create_array("0", shape=(k, *shape), dtype=np.float32, fill_value=0, **per_class)
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
