@@ -208,3 +208,42 @@ def test_a_failing_block_stops_the_run_and_removes_the_store(client, checkpoint,
     with preloaded(client, spec), pytest.raises(OSError, match="disk gone"):
         explain_on_cluster(client, image, spec, tmp_path / "out.ome.zarr", tile_size=48, halo=16)
     assert not (tmp_path / "out.ome.zarr").exists()
+
+
+@pytest.mark.slow
+def test_cli_on_a_separately_started_scheduler_and_worker(tmp_path, checkpoint):
+    """The README's `dask scheduler` / `dask worker` set-up, each its own process, reached over TCP."""
+    import json
+
+    tifffile.imwrite(tmp_path / "im.tif", nuclei_2d(4, (96, 112)))
+    info = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    worker_cmd = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp_path}
+    scheduler = subprocess.Popen([*dask, "--scheduler-file", str(info), "--port", "0", "--no-dashboard"], **quiet)
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        assert address.startswith("tcp://")
+        worker = subprocess.Popen(
+            [*worker_cmd, address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"], **quiet
+        )
+        options = ["--model", str(checkpoint), "--device", "cpu", "--layers", "up4"]
+        cmd = [sys.executable, "-m", "napari_unet_gradcam.cli", "explain", "im.tif", *options]
+        alone = subprocess.run([*cmd, "--out", "alone"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        remote = subprocess.run(
+            [*cmd, "--out", "remote", "--scheduler", address], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        assert alone.returncode == remote.returncode == 0, remote.stderr
+        for suffix in ("labels", "maps"):
+            a = tifffile.imread(tmp_path / "alone" / f"im_{suffix}.tif")
+            b = tifffile.imread(tmp_path / "remote" / f"im_{suffix}.tif")
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=60)
