@@ -103,6 +103,18 @@ def test_results_too_large_for_ram_go_to_a_temporary_ome_zarr_shown_as_pyramids(
     assert not any("#" in ly.name for ly in viewer.layers)
     np.testing.assert_array_equal(viewer.layers["mosaic"].data, image)  # the user's data untouched
 
+    # A kept run keeps its store through the next run; closing the dock mid-run leaves no partial store.
+    widget.keep()
+    run_and_wait(qtbot, widget, timeout=180000)
+    assert new_store.is_dir() and Path(labels.metadata["unet_gradcam"]["store"]) == new_store
+    widget.method.value = "gradcam"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.bar.value > 0, timeout=60000)
+    writing = Path(widget.status.value.split("writing to ")[1].rstrip(" ."))
+    viewer.window.remove_dock_widget(widget.native)
+    qtbot.waitUntil(lambda: widget.runner._worker is None, timeout=60000)
+    assert not writing.exists()
+
 
 def test_a_chosen_results_folder_keeps_every_run(make_napari_viewer, qtbot, tmp_path):
     pytest.importorskip("ome_zarr")
