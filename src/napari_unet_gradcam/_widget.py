@@ -289,8 +289,7 @@ class GradCamWidget(Container):
         if not getattr(src, "multiscale", False):
             return [("0", 0)]
         # Labels, probabilities and the four decoder layers' maps for every class, in float32.
-        # (Depends on the source and the model only: napari resets the choices often, and a label
-        # that changed would reset the user's pick.)
+        # Each choice's value is its index, so the user's pick survives new time estimates.
         n_classes = len(getattr(self._model, "class_names", None) or [1, 2])
         out = []
         for i in range(len(src.data)):
