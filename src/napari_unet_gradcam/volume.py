@@ -76,6 +76,23 @@ def _padded(batch: np.ndarray, fed: Sequence[int]) -> np.ndarray:
     return np.pad(batch, [(0, 0), (0, 0), *pads], mode=mode)
 
 
+def _preprocess(batch: np.ndarray, net: nn.Module, preprocess) -> dict:
+    """Normalise ``batch`` in place; the rule applied.
+
+    "auto" on a network from an nnU-Net folder is its plans' normalisation ("as the model was
+    trained"), per volume as nnU-Net does per case; otherwise the 2-D rules.
+    """
+    if preprocess == "auto" and getattr(net, "nnunet", None) and not getattr(net, "preprocess", None):
+        from .bundles import nnunet_normalize
+
+        for i in range(batch.shape[0]):
+            batch[i] = nnunet_normalize(batch[i], net)
+        return {"mode": "nnunet", "schemes": list(net.nnunet.get("normalization_schemes") or [])}
+    rule = resolve_preprocess(preprocess, getattr(net, "preprocess", None), batch)
+    apply_preprocess(np.moveaxis(batch, 1, 2), rule)  # a view with channels at -3, normalised in place
+    return rule
+
+
 def _target(target, spatial: tuple[int, ...], n: int):
     if isinstance(target, str):
         if target not in ("predicted", "image"):
@@ -129,8 +146,7 @@ def run_volumes(
         raise InputError("scale applies to 2-D images; resample a volume before explaining it (leave scale at 1).")
     batch, stack, notes = to_volumes(image, net, channel_axis, repeat_channels)
     spatial = tuple(batch.shape[2:])
-    rule = resolve_preprocess(preprocess, getattr(net, "preprocess", None), batch)
-    apply_preprocess(np.moveaxis(batch, 1, 2), rule)  # a view with channels at -3, normalised in place
+    rule = _preprocess(batch, net, preprocess)
     n = batch.shape[0]
     tgt = _target(target, spatial, n)
     modules = resolve_modules(net, layers)
@@ -205,5 +221,6 @@ def explain_volume(image, net, layers, class_idx, method, target, preprocess, no
     metadata = run_metadata(
         method, target, layers, class_idx, names, rule, normalize, ranges, threshold, net, point="voxel"
     )
-    metadata.update(spatial_dims=3, notes=notes, seconds=round(time.perf_counter() - t0, 3))
+    # No look check: ood.py compares with the bundled 2-D model's training data.
+    metadata.update(spatial_dims=3, notes=notes, ood_warnings=[], seconds=round(time.perf_counter() - t0, 3))
     return ExplainResult(labels, probabilities, cams, metadata)
