@@ -93,7 +93,7 @@ def test_model_folders_wrong_inputs_and_2d_only_options_get_one_line_each(folder
         (("vol.tif", "--model", d / "bundle3d", "--instances"), "--instances works on 2-D images"),
         (("vol.tif", "--model", d / "bundle3d", "--mask-values"), "--mask-values writes a Pytorch-UNet"),
         (("slice.tif", "--model", d / "bundle3d"), "give a volume (Z, Y, X)"),
-        (("vol.tif", "--model", d / "bundle3d", "--tile-size", "16"), "runs each volume whole"),
+        (("vol.tif", "--model", d / "bundle3d", "--scale", "0.5"), "resample a volume before explaining it"),
     ]
     for i, (args, match) in enumerate(cases):
         out = tmp_path / f"out{i}"
