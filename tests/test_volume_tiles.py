@@ -67,3 +67,15 @@ def test_a_volume_too_large_for_memory_runs_in_blocks_or_is_refused(vol, monkeyp
     monkeypatch.setattr(volume, "available_bytes", lambda device: 1000)
     with pytest.raises(InputError, match="pass a smaller tile_size or halo, crop the volume"):
         explain(vol, net, layers=["dec0"], preprocess="none")
+
+
+def test_blocks_of_an_instance_norm_network_come_with_a_note():
+    pytest.importorskip("monai.networks.nets")
+    from .test_families_loaders import _monai
+
+    net, _ = _monai("BasicUNet", 3)
+    vol = np.random.default_rng(1).random((32, 32, 48)).astype(np.float32)
+    res = explain(vol, net, layers=["upcat_1"], preprocess="none", tile_size=16, halo=16)
+    assert res.labels.shape == vol.shape and res.metadata["tile_size"] == 16
+    assert any("instance norms" in n for n in res.metadata["notes"])
+    assert not explain(vol, net, layers=["upcat_1"], preprocess="none").metadata["notes"]

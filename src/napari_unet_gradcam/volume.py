@@ -177,6 +177,11 @@ def run_volumes(
     fed = fed_size(spatial, divisor)
     job = Job(net, modules, classes, method, tgt, threshold)
     boxes, tile = _plan_blocks(net, spatial, fed, divisor, tile_size, halo, device)
+    if boxes is not None and any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in net.modules()):
+        notes.append(
+            f"Explained in {len(boxes)} blocks of {tile} voxels a side: this network's instance norms normalise each "
+            "block by its own statistics, so labels and maps differ from one whole-volume pass (docs/models.md)."
+        )
     per_volume = steps_per_pass(job) if boxes is None else len(boxes) * n_passes(method, bool(modules and classes))
     step = step_factory(n * per_volume)
     logits = np.empty((n, int(net.n_classes), *spatial), np.float32)
