@@ -88,14 +88,12 @@ def test_volume_refusals_name_the_fix(vol, monkeypatch):
     net = tiny3d()
     with pytest.raises(InputError, match="give a volume"):
         explain(vol[0], net, layers=["dec0"])
-    with pytest.raises(InputError, match="tile_size applies to 2-D"):
-        explain(vol, net, layers=["dec0"], tile_size=64)
     with pytest.raises(InputError, match="resample a volume"):
         predict(vol, net, scale=0.5)
     with pytest.raises(InputError, match="Target voxel"):
         explain(vol, net, layers=["dec0"], target=(50, 1, 1))
     monkeypatch.setattr("napari_unet_gradcam.volume.available_bytes", lambda device: 1 << 20)
-    with pytest.raises(InputError, match="3-D tiling is not supported yet"):
+    with pytest.raises(InputError, match="pass a smaller tile_size or halo, crop the volume"):
         explain(vol, net, layers=["dec0"])
     monkeypatch.undo()
     with pytest.raises(InputError, match="out= writes 2-D results"):

@@ -42,7 +42,10 @@ def run_limited(code: str, headroom: int = GiB) -> tuple[str, int]:
             f"    {code}",
             "except BaseException as exc:",
             "    print('RAISED', type(exc).__name__, exc)",
-            "print('PEAK_MIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)",
+            # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across fork and exec,
+            # so a test run that had grown past 1 GiB made every child look as large.
+            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]",
+            "print('PEAK_MIB', int(hwm) // 1024)",
         ]
     )
     r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=300)

@@ -421,10 +421,13 @@ class GradCamWidget(Container):
         return int(self.level.value) if getattr(layer, "multiscale", False) else 0
 
     def _slice_index(self, layer) -> tuple:
-        """Leading (stack) indices of the slice on screen, for 'current slice only'."""
+        """Leading (stack) indices of the slice on screen, for 'current slice only'.
+
+        A 3-D network explains volumes: its 'slice' is the whole volume on screen (docs/models.md).
+        """
         level = self._level(layer)
         shape = image_shape(layer, level)
-        n_stack = len(shape) - 2
+        n_stack = len(shape) - (spatial_dims(self._model) if self._model is not None else 2)
         if not (self.current_slice.value and n_stack > 0):
             return ()
         pos = np.asarray(level_grid(layer, level).world_to_data(self.viewer.dims.point), float)[:n_stack]

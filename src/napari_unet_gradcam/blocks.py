@@ -16,8 +16,9 @@ exactly these functions; a distributed graph can call them on workers and reduce
 
 A block is a ``core`` box, the part of the image it is responsible for, inside an ``extent``
 box, the part it reads (``halo`` pixels more each side; :func:`tiling.tile_boxes`). Boxes are
-``(y0, y1, x0, x1)`` in the image's pixels; ``x`` is the preprocessed input over the extent,
-``(B, C, ey, ex)`` float32 on the model's device. Every result covers the core only.
+``(y0, y1, x0, x1)`` in the image's pixels, ``(z0, z1, y0, y1, x0, x1)`` for a volume; ``x`` is
+the preprocessed input over the extent, ``(B, C, ey, ex)`` (or ``(B, C, ez, ey, ex)``) float32 on
+the model's device. Every result covers the core only.
 Sums and weights live on the CPU (small: a few hundred floats per layer and class), so they
 pickle and add anywhere.
 """
@@ -33,7 +34,7 @@ from .engine import Job, forward_and_gradients, full_resolution, hooked, layer_s
 from .fast_paths import run_net
 from .methods import Method, Stats, weighted_map
 
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+Box = tuple[int, ...]  # y0, y1, x0, x1 (2-D) or z0, z1, y0, y1, x0, x1 (3-D)
 MapKey = tuple[str, int]  # (layer, class)
 Weights = dict[MapKey, tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -67,20 +68,30 @@ def _cpu(stats: Stats) -> Stats:
     return {k: v.detach().cpu() for k, v in stats.items()}
 
 
+def extent_size(ext: Box) -> tuple[int, ...]:
+    return tuple(ext[i + 1] - ext[i] for i in range(0, len(ext), 2))
+
+
+def box_slices(box: Box, origin: Box | None = None) -> tuple[slice, ...]:
+    """Slices of the last ``len(box) // 2`` axes: ``box`` in the image, or inside ``origin``'s extent."""
+    lo = [0] * (len(box) // 2) if origin is None else origin[::2]
+    return tuple(slice(box[2 * d] - o, box[2 * d + 1] - o) for d, o in enumerate(lo))
+
+
 def core_of(t: torch.Tensor, core: Box, ext: Box) -> torch.Tensor:
     """The core of a block's tensor, on that tensor's own grid (a layer may be coarser than the input)."""
-    sy = layer_stride(ext[1] - ext[0], t.shape[-2])
-    sx = layer_stride(ext[3] - ext[2], t.shape[-1])
-    y0, y1 = (core[0] - ext[0]) // sy, -(-(core[1] - ext[0]) // sy)
-    x0, x1 = (core[2] - ext[2]) // sx, -(-(core[3] - ext[2]) // sx)
-    return t[..., y0:y1, x0:x1]
+    n = len(core) // 2
+    cut = []
+    for d, size in enumerate(extent_size(ext)):
+        s = layer_stride(size, t.shape[d - n])
+        cut.append(slice((core[2 * d] - ext[2 * d]) // s, -(-(core[2 * d + 1] - ext[2 * d]) // s)))
+    return t[(..., *cut)]
 
 
 def _core_map(m: torch.Tensor, core: Box, ext: Box) -> np.ndarray:
     """A layer map over the extent brought to the input grid, cut to the core: (B, cy, cx) float32."""
-    size = (ext[1] - ext[0], ext[3] - ext[2])
-    m = map_to_input(m, size, size)
-    return m[..., core[0] - ext[0] : core[1] - ext[0], core[2] - ext[2] : core[3] - ext[2]].cpu().numpy()
+    size = extent_size(ext)
+    return map_to_input(m, size, size)[(..., *box_slices(core, ext))].cpu().numpy()
 
 
 def passes(method: Method, explaining: bool) -> tuple[str, ...]:
@@ -103,7 +114,7 @@ def forward_block(job: Job, x: torch.Tensor, core: Box, ext: Box) -> tuple[torch
         logits = core_of(full_resolution(run_net(job.net, x)), core, ext)
     for name, a in acts.items():
         a_core = core_of(a, core, ext)
-        sums.counts[name] = a_core.shape[-2] * a_core.shape[-1]
+        sums.counts[name] = int(np.prod(a_core.shape[2:]))
         if job.method.act_stats:
             sums.act[name] = _cpu(job.method.act_stats(a_core))
     return logits, sums
@@ -124,8 +135,9 @@ def gradient_block(
     """Pass 2: gradient sums over the core for channel-weight methods, or the core's maps for local ones.
 
     ``act_sums``: pass 1's sums over the whole image (Grad-CAM++ needs them). ``labels``
-    (B, ey, ex): the whole image's labels over the extent, for a "predicted" target. A mask
-    target is ``job.target`` cut to the extent, a (B, ey, ex) bool tensor.
+    (B, ey, ex): the whole image's labels over the extent, for a "predicted" target (-1 where
+    the extent is padding, which no class includes). A mask target is ``job.target`` cut to the
+    extent, a (B, ey, ex) bool tensor.
     """
     method, sums, maps = job.method, Sums(), {}
     device = x.device
@@ -169,5 +181,5 @@ def maps_block(job: Job, x: torch.Tensor, core: Box, ext: Box, weights: Weights)
 def job_for_extent(job: Job, ext: Box) -> Job:
     """``job`` as a block over ``ext`` sees it: a mask target cut to the extent."""
     if isinstance(job.target, torch.Tensor):
-        return replace(job, target=job.target[:, ext[0] : ext[1], ext[2] : ext[3]])
+        return replace(job, target=job.target[(slice(None), *box_slices(ext))])
     return job

@@ -10,10 +10,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from . import __version__
 from .errors import InputError, UnetGradcamError
+from .image import PREPROCESS_MODES
 from .malloc_tuning import pin_glibc_thresholds
 from .methods import METHODS
 from .model import DECODER_LAYERS
@@ -115,12 +117,12 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
 
     ``net``: a model already loaded (a dask worker's own copy); ``cancel``: explain()'s token.
     """
-    from .checkpoint import load_model
+    from .bundles import load_any
     from .io import layout_from_axes, read_image, write_result
     from .pipeline import explain
 
     try:
-        net = net if net is not None else load_model(args.model, device=args.device)
+        net = net if net is not None else load_any(args.model, device=args.device)
     except UnetGradcamError as exc:
         _fail(str(exc))
         return len(images) or 1
@@ -137,6 +139,7 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
             if getattr(args, "channel_axis", None) is not None:
                 layout = {"channel_axis": args.channel_axis, "rgb": False}
             layout["repeat_channels"] = bool(getattr(args, "repeat_channels", False))
+            volume = _refuse_for_volumes(net, args)
             res = explain(
                 image,
                 net,
@@ -148,16 +151,20 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
                 tile_size=args.tile_size,
                 scale=args.scale,
                 threshold=args.threshold,
+                preprocess=args.preprocess,
                 progress=_Bar(Path(name).name, progress),
                 cancel=cancel,
                 **layout,
             )
             rgb = bool(layout.get("rgb")) or (image.ndim >= 3 and image.shape[-1] in (3, 4) and "rgb" not in layout)
-            stack_axes = "".join(a for a in (axes or "") if a not in "YXSC")[: res.labels.ndim - 2]
-            stack_axes = stack_axes if len(stack_axes) == res.labels.ndim - 2 else "Q" * (res.labels.ndim - 2)
+            n_stack = res.labels.ndim - 2 - volume  # a volume's Z is spatial, not a stack axis
+            stack_axes = "".join(a for a in (axes or "") if a not in "YXSCZ"[: 4 + volume])[:n_stack]
+            stack_axes = (stack_axes if len(stack_axes) == n_stack else "Q" * n_stack) + "Z" * volume
             stem = Path(name).stem
             checks = _check(net, image, res, layout, _Bar(f"{Path(name).name} check", progress)) if args.check else None
             mask_values = net.mask_values if args.mask_values else None
+            if layout.get("channel_axis") is not None:  # the contact sheet indexes (..., C, Y, X)
+                image = np.moveaxis(image, layout["channel_axis"], -3)
             files = write_result(
                 res, image, out, stem, stack_axes, args.probabilities, rgb, args.instances, mask_values
             )
@@ -175,6 +182,26 @@ def _explain_files(args, images: Sequence[tuple[str, object, str | None]], net=N
             failed += 1
             _fail(failure_line(name, exc, args.debug))
     return failed
+
+
+def _refuse_for_volumes(net, args) -> bool:
+    """Whether ``net`` is 3-D; the options that only 2-D runs or Pytorch-UNet checkpoints have are refused."""
+    from .families import spatial_dims
+
+    if args.mask_values and not hasattr(net, "mask_values"):
+        raise InputError(
+            f"--mask-values writes a Pytorch-UNet checkpoint's mask values; this {type(net).__name__} has none: "
+            "leave it out (the labels TIFF holds class indices)."
+        )
+    if spatial_dims(net) != 3:
+        return False
+    for flag, given in (("--check", args.check), ("--instances", args.instances)):
+        if given:
+            raise InputError(
+                f"{flag} works on 2-D images; this {type(net).__name__} is 3-D: leave {flag} out "
+                "(docs/models.md, 'On the command line')."
+            )
+    return True
 
 
 def failure_line(name: str, exc: Exception, debug: bool) -> str:
@@ -228,6 +255,11 @@ def _cmd_explain(args) -> int:
     todo = [n for n in args.images if n not in refused]
     run = _explain_files
     if args.scheduler or args.workers:
+        if args.model and Path(args.model).is_dir():
+            raise InputError(
+                f"--model {args.model} is a folder; dask workers load a checkpoint file each (checked by its "
+                "sha256): explain with a model folder without --workers/--scheduler."
+            )
         from .cli_cluster import explain_files_on_cluster as run
     failed = len(refused) + (run(args, [(p, p, None) for p in todo]) if todo else 0)
     ok = len(args.images) - failed
@@ -265,12 +297,28 @@ def _cmd_train(args) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="Pytorch-UNet checkpoint (.pth); default: the bundled nuclei model")
-    p.add_argument("--layers", nargs="+", default=list(DECODER_LAYERS), help="modules to explain (default: up1-up4)")
+    p.add_argument(
+        "--model",
+        help="a Pytorch-UNet checkpoint (.pth), a MONAI bundle folder or an nnU-Net v2 trained-model folder "
+        "(docs/models.md); default: the bundled nuclei model",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=list(DECODER_LAYERS),
+        help="modules to explain (default: the model's decoder stages, up1-up4 for Pytorch-UNet)",
+    )
     p.add_argument("--classes", nargs="+", default=None, help="class names or indices (default: all)")
     p.add_argument("--method", default="gradcam", choices=list(METHODS), help="CAM method")
     p.add_argument("--target", default="predicted", choices=["predicted", "image"], help="pixels each score sums")
     p.add_argument("--normalize", default="per-map", choices=["per-map", "shared", "none"])
+    p.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=list(PREPROCESS_MODES),
+        help="intensities before the network: auto (as the model was trained: a checkpoint's rule, an nnU-Net "
+        "folder's plans; else divide by 255 when a value exceeds 1), percentile, divide255 or none",
+    )
     p.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (default: automatic)")
     p.add_argument(
         "--scale", type=float, default=1.0, help="resize factor before the network, as upstream's --scale (default 1)"
@@ -331,7 +379,8 @@ def _classes(values):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-unet-gradcam",
-        description="Segment images with a Pytorch-UNet and explain the result with Grad-CAM heatmaps.",
+        description="Segment images or volumes with a U-Net (Pytorch-UNet, a MONAI bundle, an nnU-Net folder) "
+        "and explain the result with Grad-CAM heatmaps.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -339,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the bundled model on the bundled sample and write the outputs")
     d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     _add_run_options(d)
-    e = sub.add_parser("explain", help="explain TIFF, PNG or JPEG images")
+    e = sub.add_parser("explain", help="explain TIFF, PNG or JPEG images, or 3-D TIFF volumes with a 3-D model")
     e.add_argument("images", nargs="+", help="image files")
     e.add_argument("--out", default="gradcam-output", help="output folder (default: gradcam-output)")
     e.add_argument("--channel-axis", type=int, default=None, help="axis holding channels, for multichannel images")

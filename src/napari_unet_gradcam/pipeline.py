@@ -379,7 +379,8 @@ def predict(
     t = _threshold(net, threshold)
     if spatial_dims(net) == 3:
         _volume_in_ram(out)
-        volume_args = {"tile_size": tile_size, "scale": scale, "threshold": t, "repeat_channels": repeat_channels}
+        volume_args = {"tile_size": tile_size, "halo": halo, "scale": scale, "threshold": t}
+        volume_args["repeat_channels"] = repeat_channels
         return predict_volume(
             args.image(image), net, preprocess, channel_axis=args.channel_axis(channel_axis), progress=progress,
             cancel=cancel, **volume_args,
@@ -447,7 +448,8 @@ def explain(
     image = args.image(image)
     if spatial_dims(net) == 3:
         _volume_in_ram(out)
-        volume_args = {"tile_size": tile_size, "scale": scale, "threshold": t, "repeat_channels": repeat_channels}
+        volume_args = {"tile_size": tile_size, "halo": halo, "scale": scale, "threshold": t}
+        volume_args["repeat_channels"] = repeat_channels
         return explain_volume(
             image, net, layers, class_idx, m, target, preprocess, normalize,
             channel_axis=args.channel_axis(channel_axis), progress=progress, cancel=cancel, **volume_args,

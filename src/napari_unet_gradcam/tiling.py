@@ -23,7 +23,17 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .blocks import Box, MapKey, Sums, channel_weights, forward_block, gradient_block, job_for_extent, maps_block
+from .blocks import (
+    Box,
+    MapKey,
+    Sums,
+    box_slices,
+    channel_weights,
+    forward_block,
+    gradient_block,
+    job_for_extent,
+    maps_block,
+)
 from .blocks import passes as block_passes
 from .engine import Job, labels_from_logits
 from .methods import Method
@@ -63,24 +73,35 @@ class TileSink(Protocol):
 
 
 class ArraySink:
-    """Results into in-memory arrays: logits (B, K, h, w) and maps (B, h, w), as a whole-image pass."""
+    """Results into in-memory arrays: logits (B, K, *spatial) and maps (B, *spatial), as a whole-image pass.
 
-    def __init__(self, logits_out: np.ndarray, maps_out: Mapping[MapKey, np.ndarray], threshold: float) -> None:
+    ``grid``: the spatial size blocks read, when larger than the image (a volume padded at the
+    end of its axes); labels there are -1, so no class score includes the padding.
+    """
+
+    def __init__(
+        self,
+        logits_out: np.ndarray,
+        maps_out: Mapping[MapKey, np.ndarray],
+        threshold: float,
+        grid: tuple[int, ...] | None = None,
+    ) -> None:
         self.logits_out, self.maps_out, self.threshold = logits_out, maps_out, threshold
-        b, _, h, w = logits_out.shape
-        self._labels = torch.zeros(b, h, w, dtype=torch.int16)
+        grid = tuple(logits_out.shape[2:]) if grid is None else tuple(grid)
+        self._labels = torch.full((logits_out.shape[0], *grid), -1, dtype=torch.int16)
 
     def put_logits(self, core: Box, logits: torch.Tensor) -> None:
-        y0, y1, x0, x1 = core
-        self.logits_out[..., y0:y1, x0:x1] = logits.cpu().numpy()
-        self._labels[:, y0:y1, x0:x1] = labels_from_logits(logits, self.threshold).cpu().to(torch.int16)
+        cut = box_slices(core)
+        self.logits_out[(..., *cut)] = logits.cpu().numpy()
+        self._labels[(slice(None), *cut)] = labels_from_logits(logits, self.threshold).cpu().to(torch.int16)
 
     def labels(self, ext: Box) -> torch.Tensor:
-        return self._labels[:, ext[0] : ext[1], ext[2] : ext[3]]
+        return self._labels[(slice(None), *box_slices(ext))]
 
     def put_maps(self, core: Box, maps: Mapping[MapKey, np.ndarray]) -> None:
+        cut = box_slices(core)
         for key, m in maps.items():
-            self.maps_out[key][..., core[0] : core[1], core[2] : core[3]] = m
+            self.maps_out[key][(..., *cut)] = m
 
 
 def explain_tiled(
@@ -97,7 +118,13 @@ def explain_tiled(
     The same contract as a whole-image pass. Results go to ``sink`` core by core, so the working
     memory is a few tiles' worth whatever the image size.
     """
-    boxes = list(tile_boxes(*size, tile, halo))
+    explain_boxes(job, read, list(tile_boxes(*size, tile, halo)), step, sink)
+
+
+def explain_boxes(
+    job: Job, read: Callable[[Box], torch.Tensor], boxes: list[tuple[Box, Box]], step: Callable[[], None], sink
+) -> None:
+    """The passes over given (core, extent) boxes, 2-D or 3-D (``explain_tiled``'s work)."""
     todo = block_passes(job.method, bool(job.modules) and bool(job.classes))
     total = Sums()
     for core, ext in boxes:
