@@ -88,7 +88,8 @@ TIPS = {
     "scale": "Resize the image by this factor before the network (upstream's --scale), e.g. 0.5 when "
     "objects are twice the size the model knows. Results come back at full size.",
     "channels": "For an RGB image and a one-channel model: which channel to use, or their mean.",
-    "current_slice": "For stacks: explain only the slice on screen (much faster on long stacks).",
+    "current_slice": "For stacks: explain only the slice on screen (much faster on long stacks). With a 3-D "
+    "network: the volume on screen (one time point of a series).",
     "level": "For multiscale (pyramid) images: the level to explain, 0 = full resolution, with the size of its "
     "results and the time it would take (from the last run or a quick probe). Chosen by default as the finest "
     "level of at most 4096x4096 pixels whose results fit in RAM; results are placed over the whole pyramid.",
