@@ -148,6 +148,7 @@ class GradCamWidget(Container):
         self._checks_panel = None  # the docked table and curves of the last check
         self._added: list = []  # the layers the last run created (not updated)
         self._progress = None
+        self._in_progress = False  # inside _on_progress (napari's bar re-enters it through the event loop)
         self.grid = GridView(self.viewer)
         self.runner = Runner()
         self.runner.progressed.connect(self._on_progress)
@@ -600,10 +601,16 @@ class GradCamWidget(Container):
             return
         self.bar.max = max(total, 1)
         self.bar.value = min(done, total)
-        if self._progress is None:
-            self._progress = napari_progress(total=total, desc="UNet Grad-CAM")
-        self._progress.n = done
-        self._progress.refresh()
+        if self._in_progress:
+            return  # napari's progress bar runs the event loop as it updates, which delivers queued reports here
+        self._in_progress = True
+        try:
+            if self._progress is None:
+                self._progress = napari_progress(total=total, desc="UNet Grad-CAM")
+            self._progress.n = done
+            self._progress.refresh()
+        finally:
+            self._in_progress = False
 
     def _on_state(self, state: RunState) -> None:
         busy = state in (RunState.RUNNING, RunState.BUILDING)
