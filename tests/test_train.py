@@ -8,12 +8,12 @@ from PIL import Image
 
 from napari_unet_gradcam import InputError, load_model, predict
 from napari_unet_gradcam.synthetic import generate
-from napari_unet_gradcam.train import train
+from napari_unet_gradcam.train import synthetic_set, train
 
 SMALL = {"n_train": 6, "n_val": 2, "batch": 2, "patch": 64, "width": 4}
 
 
-@pytest.mark.parametrize("artefacts", [False, True])
+@pytest.mark.parametrize("artefacts", [False, True, 0.5])
 def test_same_seed_same_weights(tmp_path, artefacts):
     a = train(tmp_path / "a.pth", steps=6, seed=3, log=None, artefacts=artefacts, **SMALL)
     train(tmp_path / "b.pth", steps=6, seed=3, log=None, artefacts=artefacts, **SMALL)
@@ -24,7 +24,21 @@ def test_same_seed_same_weights(tmp_path, artefacts):
     net = load_model(tmp_path / "a.pth")
     assert net.class_names == ["background", "nucleus", "boundary"] and net.preprocess["mode"] == "percentile"
     assert net.training_record["recipe"]["seed"] == 3
-    assert net.training_record["source"]["artefacts"] is artefacts
+    assert net.training_record["source"]["artefacts"] == artefacts
+    # A mixed recipe is validated on plain and on artefact images apart.
+    assert ("artefacts" in a["history"][-1]) is (artefacts == 0.5)
+
+
+def test_mixed_set_keeps_the_plain_images_and_adds_artefact_ones():
+    plain, _ = synthetic_set(4, 7, (64, 64))
+    mixed, mixed_masks = synthetic_set(4, 7, (64, 64), artefacts=0.5)
+    every, every_masks = synthetic_set(4, 7, (64, 64), artefacts=True)
+    for k in (0, 1):
+        np.testing.assert_array_equal(mixed[k], plain[k])
+    for k in (2, 3):
+        np.testing.assert_array_equal(mixed[k], every[k])
+        np.testing.assert_array_equal(mixed_masks[k], every_masks[k])
+        assert not np.array_equal(mixed[k], plain[k])
 
 
 def test_train_on_user_folders(tmp_path):
