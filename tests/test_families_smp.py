@@ -132,6 +132,7 @@ def test_hostile_or_broken_folders_are_refused_with_one_line(smp, tmp_path):
         ({"decoder_attention_type": "$eval"}, "never evaluated"),
         ({"kwargs": {"a": 1}}, "not an argument of smp's Unet"),
         ({"encoder_name": "no-such-encoder"}, "not an encoder"),
+        ({"encoder_name": ["resnet18"]}, "not an encoder"),
         ({"decoder_channels": [100000, 8, 4]}, "above the limit"),
         ({"classes": 5}, "does not fit"),
     ]
@@ -156,11 +157,13 @@ def test_hostile_or_broken_folders_are_refused_with_one_line(smp, tmp_path):
         load_any(folder)
 
 
-def test_pretrained_encoder_weights_are_never_downloaded(smp, tmp_path):
-    original = _saved(smp, tmp_path)
-    _edit(tmp_path, encoder_weights="imagenet")  # smp would fetch ImageNet weights from the hub
+@pytest.mark.parametrize(("encoder", "weights"), [("resnet18", "imagenet"), ("tu-resnet18", True)])
+def test_pretrained_encoder_weights_are_never_downloaded(smp, tmp_path, encoder, weights):
+    original = _saved(smp, tmp_path, encoder_name=encoder)
+    _edit(tmp_path, encoder_weights=weights)  # smp (or timm) would fetch ImageNet weights from the hub
     net = load_any(tmp_path, device="cpu")
-    torch.testing.assert_close(net.state_dict()["encoder.conv1.weight"], original.state_dict()["encoder.conv1.weight"])
+    for k, v in original.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[k], v)
 
 
 def test_without_smp_the_folder_says_how_to_install_it(tmp_path, monkeypatch):

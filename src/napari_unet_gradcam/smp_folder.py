@@ -75,7 +75,7 @@ def _plain(value: Any, key: str, folder: Path, depth: int = 0) -> Any:
 
 
 def _check_encoder(smp, name: Any, folder: Path) -> None:
-    known = name in smp.encoders.encoders
+    known = isinstance(name, str) and name in smp.encoders.encoders
     if not known and isinstance(name, str) and name.startswith("tu-"):
         import timm
 
