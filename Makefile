@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 XVFB_PKGS := xvfb libxcb-icccm4 libxcb-keysyms1
 DEMO_OUT ?= demo-output
 
-.PHONY: all install demo test test-fast test-oldest test-newest lint bench xvfb clean
+.PHONY: all install demo test test-fast test-oldest test-newest test-smp lint bench xvfb clean
 
 all: test
 
@@ -48,6 +48,17 @@ test-oldest test-newest: install xvfb
 	$(BIN)/python -m pip install -q "nox>=2024.3"
 	TORCH_SPEC="$(TORCH_SPEC)" $(BIN)/nox -s $(subst test-,,$@) -- $(PYTEST_ARGS)
 
+# smp (segmentation_models_pytorch) imports torchvision, and PyPI's torchvision does not import beside
+# the default CPU torch: its own venv, with a matching pair (not part of `make test`; docs/models.md).
+SMP_VENV ?= .venv-smp
+SMP_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+test-smp:
+	[ -x $(SMP_VENV)/bin/python ] || $(PYTHON) -m venv $(SMP_VENV)
+	$(SMP_VENV)/bin/python -m pip install -q $(SMP_TORCH_SPEC)
+	$(SMP_VENV)/bin/pip freeze | grep -iE '^(torch|torchvision)==' > $(SMP_VENV)/constraints.txt
+	$(SMP_VENV)/bin/python -m pip install -q -c $(SMP_VENV)/constraints.txt -e ".[testing,smp]"
+	$(SMP_VENV)/bin/python -m pytest tests/test_families_smp.py $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -59,4 +70,4 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .nox build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(SMP_VENV) $(DEMO_OUT) .pytest_cache .nox build dist *.egg-info src/*.egg-info

@@ -65,7 +65,13 @@ PREPROCESS = {
 CHANNELS = {"as is": None, "grey (mean of R, G, B)": "grey", "red": 0, "green": 1, "blue": 2}
 BUNDLED = "bundled nuclei model"
 # The model sources: a checkpoint file, or a folder of another U-Net family (bundles.load_any).
-SOURCES = {BUNDLED: None, "checkpoint file": "r", "MONAI bundle folder": "d", "nnU-Net model folder": "d"}
+SOURCES = {
+    BUNDLED: None,
+    "checkpoint file": "r",
+    "MONAI bundle folder": "d",
+    "nnU-Net model folder": "d",
+    "smp model folder": "d",
+}
 # Decoder first, so the layers a reviewer picks show without scrolling.
 LAYER_ORDER = list(DECODER_LAYERS) + [ly for ly in ALL_LAYERS if ly not in DECODER_LAYERS]
 

@@ -135,13 +135,17 @@ def _plain(value: Any, config: dict, where: str, depth: int = 0) -> Any:
     raise CheckpointError(f"The bundle's {where} holds a {type(value).__name__}, not a plain value.")
 
 
+def default_class_names(n_out: int) -> list[str]:
+    return ["background"] + [f"class {i}" for i in range(1, n_out)]
+
+
 def _monai_class_names(folder: Path, n_out: int) -> list[str]:
     meta = folder / "configs" / "metadata.json"
     try:
         channel_def = _json(meta)["network_data_format"]["outputs"]["pred"]["channel_def"]
         names = [str(channel_def[str(i)]) for i in range(n_out)]
     except (CheckpointError, KeyError, TypeError):
-        return ["background"] + [f"class {i}" for i in range(1, n_out)]
+        return default_class_names(n_out)
     return names
 
 
@@ -312,15 +316,20 @@ def nnunet_normalize(volume: np.ndarray, net: nn.Module) -> np.ndarray:
 
 
 def load_any(path: str | os.PathLike | None, device: str | torch.device = "auto") -> nn.Module:
-    """A Pytorch-UNet checkpoint file, a MONAI bundle folder or an nnU-Net v2 trained-model folder."""
+    """A Pytorch-UNet checkpoint file, a MONAI bundle, an nnU-Net v2 trained-model or an smp model folder."""
     if path is not None and Path(path).expanduser().is_dir():
+        from .smp_folder import is_smp_folder, load_smp
+
         folder = Path(path).expanduser()
         if (folder / "configs").is_dir():
             return load_monai_bundle(folder, device)
         if (folder / "plans.json").exists():
             return load_nnunet(folder, device=device)
+        if is_smp_folder(folder):
+            return load_smp(folder, device)
         raise CheckpointError(
-            f"{folder} is a folder but neither a MONAI bundle (configs/, models/model.pt) nor an nnU-Net "
-            "trained-model folder (plans.json, dataset.json, fold_0/): choose a checkpoint file or such a folder."
+            f"{folder} is a folder but neither a MONAI bundle (configs/, models/model.pt), an nnU-Net "
+            "trained-model folder (plans.json, dataset.json, fold_0/) nor an smp model folder (config.json, "
+            "model.safetensors): choose a checkpoint file or such a folder."
         )
     return load_model(path, device)

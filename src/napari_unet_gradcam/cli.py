@@ -299,8 +299,8 @@ def _cmd_train(args) -> int:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        help="a Pytorch-UNet checkpoint (.pth), a MONAI bundle folder or an nnU-Net v2 trained-model folder "
-        "(docs/models.md); default: the bundled nuclei model",
+        help="a Pytorch-UNet checkpoint (.pth), a MONAI bundle folder, an nnU-Net v2 trained-model folder or an smp "
+        "save_pretrained folder (docs/models.md); default: the bundled nuclei model",
     )
     p.add_argument(
         "--layers",

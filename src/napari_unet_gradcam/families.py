@@ -52,6 +52,17 @@ def _depth_first(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: (-n.count("."), n))
 
 
+# smp decoders whose stages are not ``decoder.blocks.<i>`` (Unet, MAnet, Linknet), coarse to fine:
+# UNet++'s top row of nested blocks (the path to the logits), FPN's pyramid, PAN's attention
+# stages, DeepLabV3+'s ASPP then the block after the skip connection.
+_SMP_LAYERS = {
+    "UnetPlusPlus": [f"decoder.blocks.x_0_{i}" for i in range(6)],
+    "FPN": ["decoder.p5", "decoder.p4", "decoder.p3", "decoder.p2"],
+    "PAN": ["decoder.fpa", "decoder.gau3", "decoder.gau2", "decoder.gau1"],
+    "DeepLabV3Plus": ["decoder.aspp", "decoder.block2"],
+}
+
+
 def propose_layers(net: nn.Module) -> list[str]:
     """The decoder stages of a known family, coarse to fine; [] for a network not recognised.
 
@@ -72,6 +83,8 @@ def propose_layers(net: nn.Module) -> list[str]:
         # Each level is Sequential(down, SkipConnection(deeper), up); the top level's up makes the logits.
         ups = [n for n in named if re.fullmatch(r"model(\.1\.submodule)*\.2", n) and n != "model.2"]
         return _depth_first(ups)
+    if kind == "smp" and cls in _SMP_LAYERS:
+        return [n for n in _SMP_LAYERS[cls] if n in named]
     if kind == "nnunet" or (kind == "smp" and hasattr(net, "decoder")):
         pattern = r"decoder\.stages\.\d+" if kind == "nnunet" else r"decoder\.blocks\.\d+"
         return sorted((n for n in named if re.fullmatch(pattern, n)), key=lambda n: int(n.rsplit(".", 1)[1]))
@@ -115,6 +128,9 @@ def size_divisor(net: nn.Module) -> tuple[int, ...]:
         strides = list(getattr(net, "strides", []))
     elif family(net) == "nnunet" and hasattr(net, "encoder"):
         strides = list(getattr(net.encoder, "strides", []))
+    elif family(net) == "smp" and isinstance(getattr(getattr(net, "encoder", None), "output_stride", None), int):
+        # smp's own check_input_shape: sides divisible by the encoder's output stride
+        return (net.encoder.output_stride if getattr(net, "requires_divisible_input_shape", True) else 1,) * dims
     if strides:
         per_axis = [s if isinstance(s, (list, tuple)) else (s,) * dims for s in strides]
         return tuple(math.prod(int(s[d]) for s in per_axis) for d in range(dims))
