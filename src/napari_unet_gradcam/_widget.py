@@ -77,7 +77,8 @@ LAYER_ORDER = list(DECODER_LAYERS) + [ly for ly in ALL_LAYERS if ly not in DECOD
 
 TIPS = {
     "image": "The image layer to explain. Follows the active image layer; your pick survives renames.",
-    "model": "The bundled nuclei model, a Pytorch-UNet checkpoint (.pth), a MONAI bundle or an nnU-Net model folder.",
+    "model": "The bundled nuclei model, a Pytorch-UNet checkpoint (.pth), a MONAI bundle, an nnU-Net model folder "
+    "or a segmentation_models_pytorch folder (save_pretrained).",
     "checkpoint": "A .pth file saved by Pytorch-UNet's train.py or by this plugin. Loaded safely (weights only).",
     "layers": "Decoder layers to explain: up1 is coarse (context), up4 fine (edges). One map per layer and class.",
     "classes": "Classes to explain. None selected: labels only, no maps.",
