@@ -293,3 +293,19 @@ def test_repeat_channels_is_a_cli_option_as_the_hint_says(files, tmp_path):
     r = cli(*args, "--out", tmp_path / "b", "--repeat-channels")
     assert r.returncode == 0, r.stderr
     assert tifffile.imread(tmp_path / "b" / "flat_labels.tif").shape == (96, 120)
+
+
+def test_train_artefacts_takes_a_fraction(monkeypatch, capsys):
+    from napari_unet_gradcam import cli, train
+
+    seen = []
+    monkeypatch.setattr(train, "train", lambda out, **kw: seen.append(kw) or {"seconds": 0, "history": []})
+    assert cli.main(["train", "a.pth", "--artefacts"]) == 0
+    assert cli.main(["train", "b.pth", "--artefacts", "0.333"]) == 0
+    assert cli.main(["train", "c.pth"]) == 0
+    assert seen[0]["artefacts"] is True and seen[0]["n_train"] == 480
+    assert seen[1]["artefacts"] == 0.333 and seen[1]["n_train"] == train.MIXED_RECIPE["n_train"]
+    assert "artefacts" not in seen[2]  # the shipped recipe
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "d.pth", "--artefacts", "1.5"])
+    assert exit_info.value.code == 2 and "not a fraction in (0, 1]" in capsys.readouterr().err

@@ -278,8 +278,22 @@ def _cmd_demo(args) -> int:
     return 1 if failed else 0
 
 
+def _artefacts_recipe(fraction: float) -> dict:
+    """``--artefacts``: every image with artefacts (1), or that share of them on top of the plain set."""
+    from .train import ARTEFACTS_RECIPE
+
+    return dict(ARTEFACTS_RECIPE) if fraction >= 1 else {**ARTEFACTS_RECIPE, "artefacts": fraction}
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1]: e.g. 0.333 for a third")
+    return value
+
+
 def _cmd_train(args) -> int:
-    from .train import ARTEFACTS_RECIPE, train
+    from .train import train
 
     rec = train(
         args.out,
@@ -289,7 +303,7 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         width=args.width,
         threads=args.threads,
-        **(ARTEFACTS_RECIPE if args.artefacts else {}),
+        **(_artefacts_recipe(args.artefacts) if args.artefacts else {}),
     )
     last = rec["history"][-1] if rec["history"] else {}
     print(f"Saved {args.out}: {rec['seconds']:.0f} s, validation {last}")
@@ -407,7 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--width", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--artefacts", action="store_true", help="synthetic data with real-stain artefacts (candidate)")
+    t.add_argument(
+        "--artefacts",
+        nargs="?",
+        const=1.0,
+        type=_fraction,
+        metavar="FRACTION",
+        help="synthetic data with real-stain artefacts (candidate recipes): on every image, or on FRACTION of "
+        "480 (the last ones; 0.333 is train.MIXED_RECIPE)",
+    )
     return parser
 
 
