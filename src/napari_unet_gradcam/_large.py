@@ -19,12 +19,16 @@ import numpy as np
 
 from ._layers import mark
 from ._regions import image_shape
-from .run_plan import result_bytes, system_available_bytes
+from .run_plan import RAM_SHARE, result_bytes, system_available_bytes
 
 # The finest pyramid level explained by default: a whole slide's level 0 takes hours on a CPU.
 DEFAULT_MAX_PIXELS = 4096 * 4096
-RAM_SHARE = 0.8  # the share of free RAM results may take, as explain() allows
 PROBE_SIDES = (256, 512)  # the images a speed probe explains
+
+
+def file_stem(name: str) -> str:
+    """A layer name as a file name's stem (exports, stores)."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "image"
 
 
 def image_shape_of(snap) -> tuple[int, ...]:
@@ -135,7 +139,7 @@ class Stores:
             self._temp.append(root)
         else:
             root = Path(folder)
-        stem = re.sub(r"[^\w.-]+", "_", name).strip("_") or "image"
+        stem = file_stem(name)
         path = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.ome.zarr"
         k = 1
         while path.exists():

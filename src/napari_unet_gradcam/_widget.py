@@ -9,7 +9,6 @@ images' levels, time estimates and results on disk (``_large``) and the model ca
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +37,16 @@ from ._checks import compute as compute_checks
 from ._choices import _unwrap, image_layers, pick_source, region_layers
 from ._grid import GridView
 from ._job import Runner, RunState, step_through
-from ._large import Speed, Stores, default_level, fits_in_ram, image_shape_of, level_label, results_bytes
+from ._large import (
+    Speed,
+    Stores,
+    default_level,
+    file_stem,
+    fits_in_ram,
+    image_shape_of,
+    level_label,
+    results_bytes,
+)
 from ._layers import STACK_AXES, Snapshot, build_layers, iter_apply_layers, keep_run, mark, source_id
 from ._models import describe, get_model
 from ._regions import image_shape, level_grid, region_mask, visible_box
@@ -773,7 +781,7 @@ class GradCamWidget(Container):
                 error=True,
             )
             return []
-        stem = re.sub(r"[^\w.-]+", "_", snap.name).strip("_") or "image"
+        stem = file_stem(snap.name)
         n_stack = res.labels.ndim - 2
         axes = "QTZ"[-n_stack:] if n_stack else ""
 

@@ -43,6 +43,9 @@ def auto_batch(h: int, w: int, width: int, explaining: bool, budget: int, cap: i
     return int(max(1, min(cap, budget // max(1, h * w * bytes_per_pixel(width, explaining)))))
 
 
+RAM_SHARE = 0.8  # the share of free RAM a run's results may take
+
+
 def system_available_bytes() -> int:
     """Free RAM (the results live there whatever the device runs the network)."""
     try:
@@ -133,14 +136,14 @@ def check_result_size(
     ``budget`` (bytes) replaces 80% of the machine's free RAM as the limit.
     """
     need = result_bytes(n, size, full, n_classes, n_maps, probabilities)
-    limit = int(0.8 * system_available_bytes()) if budget is None else int(budget)
+    limit = int(RAM_SHARE * system_available_bytes()) if budget is None else int(budget)
     if need > limit:
         H, W = full
         what = f"{n_maps} map(s), labels and probabilities" if probabilities else "labels"
         room = (
             f"the memory budget is {limit / 2**30:.1f} GiB"
             if budget is not None
-            else (f"only {limit / 0.8 / 2**30:.1f} GiB is free")
+            else (f"only {limit / RAM_SHARE / 2**30:.1f} GiB is free")
         )
         raise InputError(
             f"The results would need {need / 2**30:.1f} GiB ({what} for {n} slice(s) of {H}x{W}), but {room}. "
