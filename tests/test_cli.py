@@ -309,3 +309,14 @@ def test_train_artefacts_takes_a_fraction(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "d.pth", "--artefacts", "1.5"])
     assert exit_info.value.code == 2 and "not a fraction in (0, 1]" in capsys.readouterr().err
+
+
+def test_train_init_and_lr_reach_training(monkeypatch):
+    from napari_unet_gradcam import cli, train
+
+    seen = []
+    monkeypatch.setattr(train, "train", lambda out, **kw: seen.append(kw) or {"seconds": 0, "history": []})
+    assert cli.main(["train", "a.pth", "--images", "i", "--masks", "m", "--init", "bundled", "--lr", "5e-4"]) == 0
+    assert cli.main(["train", "b.pth"]) == 0
+    assert seen[0]["init"] == "bundled" and seen[0]["lr"] == 5e-4
+    assert seen[1]["init"] is None and "lr" not in seen[1]

@@ -120,3 +120,45 @@ def test_bad_destinations_are_refused_before_training(tmp_path, dest, message):
 def test_missing_image_folder_is_named(tmp_path):
     with pytest.raises(InputError, match="--images .*nowhere is not a folder"):
         train(tmp_path / "m.pth", images=tmp_path / "nowhere", masks=tmp_path, steps=1, log=_never_log, **SMALL)
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_shape(tmp_path):
+    start = tmp_path / "start.pth"
+    train(start, steps=2, seed=1, log=None, **SMALL)
+    before = dict(load_model(start).named_parameters())
+    rec = train(tmp_path / "tuned.pth", init=start, steps=1, log=None, **{**SMALL, "width": 8, "lr": 1e-9})
+    tuned = load_model(tmp_path / "tuned.pth")
+    # One step at a negligible rate: the weights are the start's, and its width wins over the recipe's.
+    assert tuned.width == 4 and rec["recipe"]["width"] == 4
+    for key, value in tuned.named_parameters():
+        assert torch.allclose(value, before[key], atol=1e-6), key
+    sha = load_model(start).checkpoint_sha256
+    assert rec["recipe"]["init"] == {"path": str(start), "sha256": sha, "new_head": False}
+    train(tmp_path / "t2.pth", init=start, steps=2, log=None, **SMALL)
+    moved = load_model(tmp_path / "t2.pth").state_dict()
+    assert not torch.equal(moved["inc.double_conv.0.weight"], before["inc.double_conv.0.weight"])
+
+
+def test_fewer_than_one_step_or_no_learning_rate_is_refused(tmp_path):
+    with pytest.raises(InputError, match="--steps must be at least 1, not 0"):
+        train(tmp_path / "m.pth", steps=0, log=_never_log, **SMALL)
+    with pytest.raises(InputError, match="--lr must be a positive learning rate such as 5e-4, not -0.1"):
+        train(tmp_path / "m.pth", steps=1, log=_never_log, **{**SMALL, "lr": -0.1})
+
+
+def test_fine_tuning_on_other_classes_makes_a_new_output_layer(tmp_path):
+    imgs, masks = _folders(tmp_path, lambda s, rng: ((s.instances > 0) * 255).astype(np.uint8))
+    rec = train(tmp_path / "mine.pth", images=imgs, masks=masks, init="bundled", steps=1, log=None, **SMALL)
+    net, bundled = load_model(tmp_path / "mine.pth"), load_model()
+    assert net.n_classes == 2 and net.mask_values == [0, 255] and rec["recipe"]["init"]["new_head"]
+    assert net.width == bundled.width == rec["recipe"]["width"]
+    assert net.outc.conv.weight.shape[0] == 2
+
+
+def test_fine_tuning_a_multichannel_checkpoint_is_refused(tmp_path):
+    from napari_unet_gradcam.checkpoint import save_checkpoint
+    from napari_unet_gradcam.model import UNet
+
+    save_checkpoint(UNet(3, 2, width=4), tmp_path / "rgb.pth")
+    with pytest.raises(InputError, match="takes 3 input channels; training here feeds one"):
+        train(tmp_path / "m.pth", init=tmp_path / "rgb.pth", steps=1, log=_never_log, **SMALL)

@@ -303,7 +303,9 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         width=args.width,
         threads=args.threads,
+        init=args.init,
         **(_artefacts_recipe(args.artefacts) if args.artefacts else {}),
+        **({"lr": args.lr} if args.lr else {}),
     )
     last = rec["history"][-1] if rec["history"] else {}
     print(f"Saved {args.out}: {rec['seconds']:.0f} s, validation {last}")
@@ -421,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--width", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this checkpoint's weights ('bundled': the bundled model) instead of random "
+        "ones; with other classes than your masks, its output layer is made anew",
+    )
+    t.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default 2e-3; lower, e.g. 5e-4, to fine-tune)"
+    )
     t.add_argument(
         "--artefacts",
         nargs="?",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .checkpoint import MAX_CLASSES, save_checkpoint
 from .errors import InputError
 from .image import PERCENTILES, apply_preprocess
-from .model import UNet
+from .model import OutConv, UNet
 from .synthetic import CLASS_NAMES, generate
 
 PREPROCESS = {"mode": "percentile", "low": PERCENTILES[0], "high": PERCENTILES[1]}
@@ -155,6 +155,28 @@ def _batch(rng: random.Random, imgs, masks, size: int, n: int) -> tuple[torch.Te
     return torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)), torch.from_numpy(np.stack(ys))
 
 
+def _load_start(init: str | Path | None) -> UNet | None:
+    if init is None:
+        return None
+    from .checkpoint import load_model
+
+    start = load_model(None if str(init) == "bundled" else init, device="cpu")
+    if start.n_channels != 1:
+        raise InputError(
+            f"{init} takes {start.n_channels} input channels; training here feeds one. "
+            "Fine-tune a one-channel checkpoint, or train from scratch (leave out --init)."
+        )
+    return start
+
+
+def _from_start(start: UNet, n_classes: int) -> UNet:
+    """The starting network, with a new output layer when the data have other classes than it."""
+    if start.n_classes != n_classes:
+        start.outc = OutConv(start.outc.conv.in_channels, n_classes)
+        start.n_classes = n_classes
+    return start.train()
+
+
 def foreground_iou(pred: np.ndarray, truth: np.ndarray) -> float:
     p, t = pred > 0, truth > 0
     union = (p | t).sum()
@@ -190,16 +212,30 @@ def train(
     seed: int | None = None,
     width: int | None = None,
     threads: int | None = None,
+    init: str | Path | None = None,
     log: Callable[[str], None] | None = print,
     **overrides,
 ) -> dict:
-    """Train and save a checkpoint at ``out``; return the training record stored in it."""
+    """Train and save a checkpoint at ``out``; return the training record stored in it.
+
+    ``init``: start from this checkpoint's weights (fine-tuning) instead of random ones; its width
+    and up-sampling replace the recipe's, and its output layer is made anew when the data have other
+    classes.
+    """
     out = Path(out)
     check_destination(out, *(Path(p) for p in (images, masks) if p is not None))
+    start = _load_start(init)
+    if start is not None:
+        overrides.update(width=start.width, bilinear=start.bilinear)
+        width = None
     recipe = dict(DEFAULT_RECIPE, **overrides)
     for key, val in (("steps", steps), ("seed", seed), ("width", width)):
         if val is not None:
             recipe[key] = val
+    if recipe["steps"] < 1:
+        raise InputError(f"--steps must be at least 1, not {recipe['steps']}.")
+    if not recipe["lr"] > 0:
+        raise InputError(f"--lr must be a positive learning rate such as 5e-4, not {recipe['lr']}.")
     torch.manual_seed(recipe["seed"])
     rng = random.Random(recipe["seed"])
     if threads:
@@ -227,7 +263,12 @@ def train(
             "artefacts": recipe["artefacts"],
         }
     n_classes = len(mask_values)
-    net = UNet(1, n_classes, bilinear=recipe["bilinear"], width=recipe["width"])
+    if start is None:
+        net = UNet(1, n_classes, bilinear=recipe["bilinear"], width=recipe["width"])
+    else:
+        new_head = start.n_classes != n_classes
+        recipe["init"] = {"path": str(init), "sha256": start.checkpoint_sha256, "new_head": new_head}
+        net = _from_start(start, n_classes)
     weights = torch.tensor((recipe["class_weights"] + [1.0] * n_classes)[:n_classes])
     opt = torch.optim.AdamW(net.parameters(), lr=recipe["lr"], weight_decay=1e-4)
     total = recipe["steps"]
