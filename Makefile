@@ -66,7 +66,7 @@ lint: install
 # pytorch-grad-cam pins torchvision, which would drag in another torch: install it without deps.
 bench: install
 	$(BIN)/python -m pip install -q --no-deps grad-cam ttach
-	$(BIN)/python -m pip install -q captum matplotlib scikit-learn "opencv-python-headless>=4.10"
+	$(BIN)/python -m pip install -q captum matplotlib scikit-learn "opencv-python-headless>=4.10" imagecodecs
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,13 +300,11 @@ def test_train_artefacts_takes_a_fraction(monkeypatch, capsys):
     from napari_unet_gradcam import cli, train
 
     seen = []
-    monkeypatch.setattr(train, "train", lambda out, **kw: seen.append(kw) or {"seconds": 0, "history": []})
+    monkeypatch.setattr(train, "train", lambda out, **kw: seen.append(kw) or {"seconds": 0, "history": [{}]})
     assert cli.main(["train", "a.pth", "--artefacts"]) == 0
     assert cli.main(["train", "b.pth", "--artefacts", "0.333"]) == 0
-    assert cli.main(["train", "c.pth"]) == 0
     assert seen[0]["artefacts"] is True and seen[0]["n_train"] == 480
     assert seen[1]["artefacts"] == 0.333 and seen[1]["n_train"] == train.MIXED_RECIPE["n_train"]
-    assert "artefacts" not in seen[2]  # the shipped recipe
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "d.pth", "--artefacts", "1.5"])
     assert exit_info.value.code == 2 and "not a fraction in (0, 1]" in capsys.readouterr().err
@@ -315,8 +314,27 @@ def test_train_init_and_lr_reach_training(monkeypatch):
     from napari_unet_gradcam import cli, train
 
     seen = []
-    monkeypatch.setattr(train, "train", lambda out, **kw: seen.append(kw) or {"seconds": 0, "history": []})
+    monkeypatch.setattr(train, "train", lambda out, **kw: seen.append(kw) or {"seconds": 0, "history": [{}]})
     assert cli.main(["train", "a.pth", "--images", "i", "--masks", "m", "--init", "bundled", "--lr", "5e-4"]) == 0
-    assert cli.main(["train", "b.pth"]) == 0
+    assert cli.main(["train", "b.pth", "--steps", "10"]) == 0
     assert seen[0]["init"] == "bundled" and seen[0]["lr"] == 5e-4
-    assert seen[1]["init"] is None and "lr" not in seen[1]
+    assert seen[1]["init"] is None and "lr" not in seen[1] and seen[1]["steps"] == 10
+
+
+def test_train_with_no_options_runs_the_bundled_recipe_in_two_stages(monkeypatch, tmp_path, capsys):
+    from napari_unet_gradcam import cli, train
+
+    calls = []
+
+    def fake(out, **kw):
+        calls.append((Path(out), kw))
+        Path(out).write_bytes(b"stage")
+        return {"seconds": 0, "history": [{"foreground_iou": 0.9}]}
+
+    monkeypatch.setattr(train, "train", fake)
+    assert cli.main(["train", str(tmp_path / "bundled.pth"), "--threads", "2"]) == 0
+    (plain, first), (out, second) = calls
+    assert out == tmp_path / "bundled.pth" and plain.parent != tmp_path and not plain.exists()
+    assert first == {"threads": 2, "log": print}  # the plain recipe, unchanged
+    assert second == {"init": plain, "threads": 2, "log": print, **train.FINETUNE_RECIPE}
+    assert "Saved" in capsys.readouterr().out

@@ -162,3 +162,24 @@ def test_fine_tuning_a_multichannel_checkpoint_is_refused(tmp_path):
     save_checkpoint(UNet(3, 2, width=4), tmp_path / "rgb.pth")
     with pytest.raises(InputError, match="takes 3 input channels; training here feeds one"):
         train(tmp_path / "m.pth", init=tmp_path / "rgb.pth", steps=1, log=_never_log, **SMALL)
+
+
+def test_zoomed_crops_show_nuclei_at_other_pixel_sizes():
+    import random
+
+    from napari_unet_gradcam.train import _batch
+
+    yy, xx = np.mgrid[:256, :256]
+    disk = ((yy - 128) ** 2 + (xx - 128) ** 2 <= 8**2).astype(np.int64)
+    imgs, masks = [disk.astype(np.float32)], [disk]
+    native = float(disk.sum())
+
+    def areas(zoom):
+        x, y = _batch(random.Random(0), imgs, masks, 64, 400, zoom)
+        whole = [m for m in y.numpy() if m.any() and not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())]
+        assert set(np.unique(y.numpy())) <= {0, 1} and x.shape == (400, 1, 64, 64)
+        return [m.sum() / native for m in whole]
+
+    plain, zoomed = areas(0.0), areas(1.0)
+    assert np.allclose(plain, 1.0)  # no zoom: every whole disk keeps its size
+    assert min(zoomed) < 0.4 and max(zoomed) > 2.5  # x0.5..x2 in each direction: area x0.25..x4

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -293,8 +294,14 @@ def _fraction(text: str) -> float:
 
 
 def _cmd_train(args) -> int:
-    from .train import train
+    from .train import train, train_bundled
 
+    options = (args.images, args.masks, args.steps, args.seed, args.width, args.init, args.artefacts, args.lr)
+    if all(o is None for o in options):
+        t0 = time.perf_counter()
+        rec = train_bundled(args.out, threads=args.threads)
+        print(f"Saved {args.out}: {time.perf_counter() - t0:.0f} s in all, validation {rec['history'][-1]}")
+        return 0
     rec = train(
         args.out,
         images=args.images,

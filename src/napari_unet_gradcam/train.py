@@ -7,9 +7,11 @@ name, and writes the upstream checkpoint layout plus this project's metadata.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,7 @@ DEFAULT_RECIPE = {
     "seed": 0,
     "class_weights": [1.0, 1.0, 2.5],
     "artefacts": False,
+    "zoom": 0.0,  # the share of crops resized by x0.5-x2
 }
 # A candidate recipe, not the shipped one yet: the generator's real-stain artefacts (cytoplasmic
 # signal, micronuclei, debris, saturation... see synthetic._Artefacts) on more images.
@@ -44,6 +47,17 @@ ARTEFACTS_RECIPE = {"artefacts": True, "n_train": 480}
 # A second candidate: the shipped recipe's 320 plain images plus 160 with artefacts, so the model keeps
 # seeing clean widefield fields as often as it sees artefacts' look-alikes of them.
 MIXED_RECIPE = {"artefacts": 1 / 3, "n_train": 480}
+# The shipped model: the plain recipe above, then this fine-tuning stage from it (train_bundled).
+# Its own batch order (seed 1) over the plain recipe's images (data_seed 0) and 160 more with artefacts.
+FINETUNE_RECIPE = {
+    "steps": 1500,
+    "lr": 5e-4,
+    "artefacts": 1 / 3,
+    "n_train": 480,
+    "zoom": 0.3,
+    "seed": 1,
+    "data_seed": 0,
+}
 _VAL_SEED_OFFSET = 1_000_000
 
 
@@ -133,26 +147,42 @@ def check_destination(out: Path, *inputs: Path | None) -> None:
             raise InputError(f"Cannot save to {out}: it would overwrite a file in {folder}; save it elsewhere.")
 
 
-def _batch(rng: random.Random, imgs, masks, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(rng: random.Random, imgs, masks, size: int, n: int, zoom: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random crops with flips, rotations and contrast jitter; ``zoom`` of them resized by ×0.5-×2 (so
+    the model sees each pixel size, and the smooth look of interpolated images)."""
     xs, ys = [], []
     for _ in range(n):
-        i = rng.randrange(len(imgs))
-        img, m = imgs[i], masks[i]
-        if min(img.shape) < size:
-            pad = [(0, max(0, size - img.shape[0])), (0, max(0, size - img.shape[1]))]
-            img, m = np.pad(img, pad, mode="reflect"), np.pad(m, pad)
-        y0 = rng.randrange(img.shape[0] - size + 1)
-        x0 = rng.randrange(img.shape[1] - size + 1)
-        pi, pm = img[y0 : y0 + size, x0 : x0 + size], m[y0 : y0 + size, x0 : x0 + size]
-        k = rng.randrange(4)
-        pi, pm = np.rot90(pi, k), np.rot90(pm, k)
-        if rng.random() < 0.5:
-            pi, pm = pi[:, ::-1], pm[:, ::-1]
-        # Percentiles differ between images: teach the model a range of contrast around them.
-        pi = np.clip(pi, -0.2, None) * rng.uniform(0.6, 1.4) + rng.uniform(-0.1, 0.1)
-        xs.append(np.ascontiguousarray(pi))
-        ys.append(np.ascontiguousarray(pm))
-    return torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)), torch.from_numpy(np.stack(ys))
+        factor = math.exp(rng.uniform(-math.log(2), math.log(2))) if zoom and rng.random() < zoom else 1.0
+        x, y = _crop(rng, imgs, masks, max(8, round(size / factor)))
+        xs.append(_resized(torch.from_numpy(x), size, "bilinear"))
+        ys.append(_resized(torch.from_numpy(y), size, "nearest"))
+    return torch.stack(xs)[:, None].float(), torch.stack(ys).long()
+
+
+def _resized(a: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    if a.shape[-1] == size:
+        return a
+    smaller = a.shape[-1] > size
+    out = F.interpolate(a[None, None].float(), size=(size, size), mode=mode, antialias=smaller and mode != "nearest")
+    return out[0, 0].to(a.dtype)
+
+
+def _crop(rng: random.Random, imgs, masks, size: int) -> tuple[np.ndarray, np.ndarray]:
+    i = rng.randrange(len(imgs))
+    img, m = imgs[i], masks[i]
+    if min(img.shape) < size:
+        pad = [(0, max(0, size - img.shape[0])), (0, max(0, size - img.shape[1]))]
+        img, m = np.pad(img, pad, mode="reflect"), np.pad(m, pad)
+    y0 = rng.randrange(img.shape[0] - size + 1)
+    x0 = rng.randrange(img.shape[1] - size + 1)
+    pi, pm = img[y0 : y0 + size, x0 : x0 + size], m[y0 : y0 + size, x0 : x0 + size]
+    k = rng.randrange(4)
+    pi, pm = np.rot90(pi, k), np.rot90(pm, k)
+    if rng.random() < 0.5:
+        pi, pm = pi[:, ::-1], pm[:, ::-1]
+    # Percentiles differ between images: teach the model a range of contrast around them.
+    pi = np.clip(pi, -0.2, None) * rng.uniform(0.6, 1.4) + rng.uniform(-0.1, 0.1)
+    return np.ascontiguousarray(pi, dtype=np.float32), np.ascontiguousarray(pm)
 
 
 def _load_start(init: str | Path | None) -> UNet | None:
@@ -251,8 +281,9 @@ def train(
         class_names = ["background"] + [f"class {v}" for v in mask_values[1:]]
         source = {"images": str(images), "masks": str(masks), "n_images": len(all_imgs)}
     else:
-        tr_i, tr_m = synthetic_set(recipe["n_train"], recipe["seed"], artefacts=recipe["artefacts"])
-        val_seed = recipe["seed"] + _VAL_SEED_OFFSET
+        data_seed = recipe.get("data_seed", recipe["seed"])
+        tr_i, tr_m = synthetic_set(recipe["n_train"], data_seed, artefacts=recipe["artefacts"])
+        val_seed = data_seed + _VAL_SEED_OFFSET
         va_i, va_m = synthetic_set(recipe["n_val"], val_seed, artefacts=float(recipe["artefacts"]) >= 1)
         if 0 < recipe["artefacts"] < 1:  # a mixed recipe is judged on plain and on artefact images apart
             extra_val = synthetic_set(recipe["n_val"], val_seed, artefacts=True)
@@ -278,7 +309,7 @@ def train(
     net.train()
     epoch_len = max(1, total // 8)
     for step in range(1, total + 1):
-        x, y = _batch(rng, tr_i, tr_m, recipe["patch"], recipe["batch"])
+        x, y = _batch(rng, tr_i, tr_m, recipe["patch"], recipe["batch"], recipe["zoom"])
         logits = net(x)
         loss = F.cross_entropy(logits, y, weight=weights)
         probs = logits.softmax(1)
@@ -308,3 +339,17 @@ def train(
     }
     save_checkpoint(net, out, mask_values=mask_values, class_names=class_names, preprocess=PREPROCESS, training=record)
     return record
+
+
+def train_bundled(out: str | Path, *, threads: int | None = None, log: Callable[[str], None] | None = print) -> dict:
+    """Reproduce the bundled weights: the plain recipe, then FINETUNE_RECIPE from its result."""
+    out = Path(out)
+    check_destination(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "plain.pth"
+        if log:
+            log("Stage 1 of 2: the plain recipe")
+        train(plain, threads=threads, log=log)
+        if log:
+            log("Stage 2 of 2: fine-tuning on images with real-stain artefacts and zoomed crops")
+        return train(out, init=plain, threads=threads, log=log, **FINETUNE_RECIPE)
