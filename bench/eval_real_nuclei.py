@@ -250,7 +250,9 @@ def failure_figures(net, folder: Path) -> list[Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=None, help="checkpoint (repeat to compare; default: bundled)")
-    p.add_argument("--figures", type=Path, default=None, help="write the model card's failure pictures (of the last --model) here")
+    p.add_argument(
+        "--figures", type=Path, default=None, help="write the model card's failure pictures (of the last --model) here"
+    )
     args = p.parse_args()
     models = args.model or [None]
     nets = [load_model(m, device="cpu") for m in models]
