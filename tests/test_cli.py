@@ -338,3 +338,16 @@ def test_train_with_no_options_runs_the_bundled_recipe_in_two_stages(monkeypatch
     assert first == {"threads": 2, "log": print}  # the plain recipe, unchanged
     assert second == {"init": plain, "threads": 2, "log": print, **train.FINETUNE_RECIPE}
     assert "Saved" in capsys.readouterr().out
+
+
+def test_train_plain_stage_runs_only_the_second_stage(monkeypatch, tmp_path, capsys):
+    from napari_unet_gradcam import cli, train
+
+    calls = []
+    monkeypatch.setattr(train, "train", lambda out, **kw: calls.append((out, kw)) or {"history": [{}]})
+    plain = tmp_path / "plain.pth"
+    assert cli.main(["train", str(tmp_path / "b.pth"), "--plain-stage", str(plain)]) == 0
+    assert calls == [(tmp_path / "b.pth", {"init": str(plain), "threads": None, "log": print, **train.FINETUNE_RECIPE})]
+    assert cli.main(["train", str(tmp_path / "c.pth"), "--plain-stage", str(plain), "--steps", "3"]) != 0
+    assert "--plain-stage reproduces the bundled model's second stage" in capsys.readouterr().err
+    assert len(calls) == 1

@@ -297,9 +297,11 @@ def _cmd_train(args) -> int:
     from .train import train, train_bundled
 
     options = (args.images, args.masks, args.steps, args.seed, args.width, args.init, args.artefacts, args.lr)
+    if args.plain_stage is not None and any(o is not None for o in options):
+        raise InputError("--plain-stage reproduces the bundled model's second stage; it takes no other options.")
     if all(o is None for o in options):
         t0 = time.perf_counter()
-        rec = train_bundled(args.out, threads=args.threads)
+        rec = train_bundled(args.out, plain=args.plain_stage, threads=args.threads)
         print(f"Saved {args.out}: {time.perf_counter() - t0:.0f} s in all, validation {rec['history'][-1]}")
         return 0
     rec = train(
@@ -435,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="fine-tune: start from this checkpoint's weights ('bundled': the bundled model) instead of random "
         "ones; with other classes than your masks, its output layer is made anew",
+    )
+    t.add_argument(
+        "--plain-stage",
+        metavar="CHECKPOINT",
+        help="with no other options: run only the bundled recipe's second stage, from these plain-stage weights",
     )
     t.add_argument(
         "--lr", type=float, default=None, help="peak learning rate (default 2e-3; lower, e.g. 5e-4, to fine-tune)"

@@ -342,10 +342,22 @@ def train(
     return record
 
 
-def train_bundled(out: str | Path, *, threads: int | None = None, log: Callable[[str], None] | None = print) -> dict:
-    """Reproduce the bundled weights: the plain recipe, then FINETUNE_RECIPE from its result."""
+def train_bundled(
+    out: str | Path,
+    *,
+    plain: str | Path | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Reproduce the bundled weights: the plain recipe, then FINETUNE_RECIPE from its result.
+
+    ``plain``: the plain stage's weights, to run the second stage only (the shipped file's record
+    names the sha256 of the plain weights it started from).
+    """
     out = Path(out)
     check_destination(out)
+    if plain is not None:
+        return train(out, init=plain, threads=threads, log=log, **FINETUNE_RECIPE)
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "plain.pth"
         if log:
