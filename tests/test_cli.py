@@ -351,3 +351,11 @@ def test_train_plain_stage_runs_only_the_second_stage(monkeypatch, tmp_path, cap
     assert cli.main(["train", str(tmp_path / "c.pth"), "--plain-stage", str(plain), "--steps", "3"]) != 0
     assert "--plain-stage reproduces the bundled model's second stage" in capsys.readouterr().err
     assert len(calls) == 1
+
+
+def test_train_lr_zero_reaches_the_check(tmp_path, capsys):
+    from napari_unet_gradcam import cli
+
+    assert cli.main(["train", str(tmp_path / "m.pth"), "--lr", "0", "--steps", "1", "--width", "4"]) != 0
+    assert "--lr must be a positive learning rate such as 5e-4, not 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "m.pth").exists()

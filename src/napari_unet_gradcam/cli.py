@@ -314,7 +314,7 @@ def _cmd_train(args) -> int:
         threads=args.threads,
         init=args.init,
         **(_artefacts_recipe(args.artefacts) if args.artefacts else {}),
-        **({"lr": args.lr} if args.lr else {}),
+        **({"lr": args.lr} if args.lr is not None else {}),
     )
     last = rec["history"][-1] if rec["history"] else {}
     print(f"Saved {args.out}: {rec['seconds']:.0f} s, validation {last}")

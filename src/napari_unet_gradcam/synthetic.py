@@ -71,9 +71,10 @@ class _Artefacts:
     """What real DNA stains show beyond clean nuclei, each switched on per image at random.
 
     Dome-shaped nuclei (a thick nucleus is dim at its rim, which annotators still count as nucleus),
-    dim cytoplasmic signal around each nucleus (bleed-through, autofluorescence; background),
-    micronuclei beside nuclei (labelled nucleus), debris specks and fibres (background), uneven
-    illumination, strong out-of-focus haze and detector saturation.
+    coarse chromatin domains (dim patches inside nuclei, still nucleus), dim cytoplasmic signal
+    around each nucleus (bleed-through, autofluorescence; background), micronuclei beside nuclei
+    (labelled nucleus), debris specks and fibres (background), uneven illumination, strong
+    out-of-focus haze and detector saturation.
     """
 
     def __init__(self, seed: int, h: int, w: int):
