@@ -70,3 +70,38 @@ def test_same_labels_as_the_opencv_version_on_the_bundled_model():
     for seed in (50_000, 50_001, 50_002):
         sem = predict(generate(seed, (256, 256)).image, net)
         assert np.array_equal(_split_slice(sem, interior, boundary), split_slice_cv2(sem, interior, boundary))
+
+
+def disc(shape, centre, radius, rim=2):
+    """A nucleus of the interior class with a boundary rim, as the bundled model draws one."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(yy - centre[0], xx - centre[1])
+    sem = np.zeros(shape, np.uint8)
+    sem[r <= radius] = 1
+    sem[(r <= radius) & (r > radius - rim)] = 2
+    return sem
+
+
+def test_piece_cut_off_a_large_nucleus_by_inner_boundary_stays_part_of_it():
+    sem = disc((80, 80), (40, 40), 30)
+    sem[:, 55:57][sem[:, 55:57] > 0] = 2  # a crack of boundary pixels across the nucleus' side
+    assert len(np.unique(_split_slice(sem, [1], [2]))) == 3  # the raw split: two pieces
+    inst = instance_labels(sem)
+    assert set(np.unique(inst)) == {0, 1}
+    assert ((inst > 0) == (sem > 0)).all()
+
+
+def test_small_nucleus_beside_a_large_one_stays_apart():
+    """A nucleus a fifth the area of its neighbour, touching it along a short stretch."""
+    sem = np.maximum(disc((80, 100), (40, 35), 25), disc((80, 100), (40, 70), 11))
+    inst = instance_labels(sem)
+    assert len(np.unique(inst)) == 3
+
+
+def test_boundary_specks_are_not_nuclei_but_small_boundary_blobs_are():
+    sem = disc((60, 60), (30, 30), 10)
+    sem[2:4, 2:4] = 2  # 4 px of boundary class alone: noise
+    sem[45:50, 45:50] = 2  # 25 px: a nucleus too small to have an interior
+    inst = instance_labels(sem)
+    assert len(np.unique(inst)) == 3
+    assert inst[3, 3] == 0 and inst[47, 47] > 0

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_unet_gradcam import Cancelled, InputError, explain, load_model, predict
 from napari_unet_gradcam.image import prepare
@@ -33,7 +34,12 @@ def test_labels_probabilities_and_instances_agree(img, bundled, scale, tile_size
     own = np.take_along_axis(res.probabilities, res.labels[None], 0)[0]
     np.testing.assert_array_equal(own, res.probabilities.max(0))
     assert len(np.unique(res.labels)) == 3
-    np.testing.assert_array_equal(res.instances() > 0, res.labels > 0)
+    inst = res.instances()
+    assert not (inst > 0)[res.labels == 0].any()
+    # Foreground left out of the instances: only specks of the boundary class, under 20 px each.
+    left, n_left = ndimage.label((res.labels > 0) & (inst == 0))
+    assert (res.labels[left > 0] == 2).all()
+    assert n_left == 0 or np.bincount(left.ravel())[1:].max() < 20
     np.testing.assert_array_equal(predict(img, net, scale=scale, tile_size=tile_size), res.labels)
 
 
